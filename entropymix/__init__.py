@@ -1,0 +1,12 @@
+"""entropymix: EntropyMix and SPEEDLoss for semi-supervised semantic segmentation.
+
+Plug-and-play pieces of *Self Pseudo Entropy Knowledge Distillation for Semi-Supervised
+Semantic Segmentation* (SPEED, IEEE TCSVT 2024, doi:10.1109/TCSVT.2024.3375789).
+"""
+
+from . import functional
+from .mix import CutMix, EntropyMix, MixPlan
+
+__version__ = "0.1.0"
+
+__all__ = ["EntropyMix", "CutMix", "MixPlan", "functional", "__version__"]
