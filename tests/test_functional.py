@@ -1,0 +1,299 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from entropymix import functional as F
+from strategies import FLOAT_DTYPES, naive_cells, random_probs, sizes_and_grid
+
+
+def naive_entropy(p):
+    p = p.double().numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(p > 0, -p * np.log(p), 0.0)
+    return t.sum(1)
+
+
+def naive_patch_entropy(ent, grid, valid=None):
+    """Per-cell mean over valid pixels with explicit loops (float64); None for empty cells."""
+    B, h, w = ent.shape
+    gh, gw = grid
+    rows, cols = naive_cells(h, gh), naive_cells(w, gw)
+    sums = np.zeros((B, gh, gw))
+    counts = np.zeros((B, gh, gw))
+    e = ent.double().numpy()
+    m = np.ones((B, h, w), bool) if valid is None else valid.numpy()
+    for b in range(B):
+        for y in range(h):
+            for x in range(w):
+                if m[b, y, x]:
+                    sums[b, rows[y], cols[x]] += e[b, y, x]
+                    counts[b, rows[y], cols[x]] += 1
+    return np.where(counts > 0, sums / np.maximum(counts, 1), 0.0), counts > 0
+
+
+# --- entropy -----------------------------------------------------------------------------------
+
+@given(B=st.integers(1, 3), K=st.integers(1, 12), h=st.integers(1, 17), w=st.integers(1, 17),
+       dtype=st.sampled_from(FLOAT_DTYPES), seed=st.integers(0, 2**31 - 1))
+def test_entropy_matches_definition_and_bounds(B, K, h, w, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    p = random_probs(g, (B, K, h, w), dtype)
+    before = p.clone()
+    H = F.entropy(p)
+    assert H.shape == (B, h, w) and H.dtype == torch.float32
+    assert torch.equal(p, before)  # not modified in place
+    np.testing.assert_allclose(H.double().numpy(), naive_entropy(p), rtol=1e-5, atol=1e-5)
+    # rounding to half precision moves p slightly off the simplex, and H with it
+    slack = 1e-5 if dtype == torch.float32 else 0.02
+    assert (H >= 0).all() and (H <= math.log(K) + slack).all()
+
+
+@given(B=st.integers(1, 3), K=st.integers(1, 12), h=st.integers(1, 9), w=st.integers(1, 9),
+       scale=st.sampled_from([0.1, 1.0, 30.0, 1e4]), seed=st.integers(0, 2**31 - 1))
+def test_entropy_from_logits_equals_entropy_of_softmax(B, K, h, w, scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(B, K, h, w, generator=g) * scale
+    H = F.entropy_from_logits(z)
+    assert torch.isfinite(H).all() and (H >= 0).all() and (H <= math.log(K) + 1e-5).all()
+    np.testing.assert_allclose(H.numpy(), naive_entropy(z.double().softmax(1)), rtol=1e-4, atol=1e-5)
+
+
+def test_entropy_edge_cases_one_hot_uniform_and_minus_inf():
+    K = 5
+    onehot = torch.nn.functional.one_hot(torch.arange(K), K).float().T.reshape(1, K, 1, K)
+    assert torch.equal(F.entropy(onehot), torch.zeros(1, 1, K))
+    uniform = torch.full((2, K, 3, 3), 1 / K)
+    torch.testing.assert_close(F.entropy(uniform), torch.full((2, 3, 3), math.log(K)))
+    z = torch.tensor([0.0, -math.inf, 1e4, -1e4]).reshape(1, 4, 1, 1)
+    H = F.entropy_from_logits(z)
+    assert torch.isfinite(H).all() and H.item() == 0.0
+
+
+def test_entropy_value_checks():
+    p = torch.full((1, 3, 2, 2), 1 / 3)
+    with pytest.raises(ValueError, match=r"probs.*non-finite.*\(1, 3, 2, 2\)"):
+        F.entropy(p.clone().index_fill_(2, torch.tensor([0]), math.nan))
+    with pytest.raises(ValueError, match=r"probs must be probabilities.*\(1, 3, 2, 2\)"):
+        F.entropy(p * 2)
+    with pytest.raises(ValueError, match="probs must be probabilities"):
+        F.entropy(p - 0.5)
+    F.entropy(p * 2, check_values=False)  # the caller switched the check off
+    with pytest.raises(ValueError, match=r"probs must be 4-D, got shape \(3, 2, 2\)"):
+        F.entropy(p[0])
+    with pytest.raises(TypeError, match="probs must be a floating-point tensor"):
+        F.entropy(p.long())
+    with pytest.raises(ValueError, match=r"logits contains NaN"):
+        F.entropy_from_logits(torch.full((1, 2, 1, 1), math.nan))
+
+
+# --- grid rule, resize -------------------------------------------------------------------------
+
+@given(h=st.integers(1, 50), w=st.integers(1, 50), H=st.integers(1, 80), W=st.integers(1, 80),
+       dtype=st.sampled_from([torch.bool, torch.uint8, torch.int64, torch.float16]))
+def test_resize_nearest_follows_the_grid_rule(h, w, H, W, dtype):
+    x = (torch.arange(2 * h * w).reshape(2, h, w) % 7).to(dtype)
+    out = F.resize_nearest(x, (H, W))
+    assert out.shape == (2, H, W) and out.dtype == dtype
+    rows, cols = naive_cells(H, h), naive_cells(W, w)
+    ref = x[:, rows][:, :, cols]
+    assert torch.equal(out, ref)
+
+
+# --- patch entropy -----------------------------------------------------------------------------
+
+@given(sg=sizes_and_grid(max_side=24), B=st.integers(1, 2), use_valid=st.booleans(),
+       valid_res=st.sampled_from(["same", "half", "double"]), seed=st.integers(0, 2**31 - 1))
+@example(sg=((321, 321), (4, 4)), B=1, use_valid=True, valid_res="same", seed=0)
+@example(sg=((1, 1), (1, 1)), B=1, use_valid=True, valid_res="same", seed=0)
+def test_patch_entropy_is_the_mean_over_valid_pixels(sg, B, use_valid, valid_res, seed):
+    (h, w), grid = sg
+    g = torch.Generator().manual_seed(seed)
+    ent = torch.rand(B, h, w, generator=g) * 3
+    valid = None
+    if use_valid:
+        vh, vw = {"same": (h, w), "half": (max(1, h // 2), max(1, w // 2)), "double": (2 * h, 2 * w)}[valid_res]
+        valid = torch.rand(B, vh, vw, generator=g) < 0.6
+    E, nonempty = F.patch_entropy(ent, grid, valid, return_valid=True)
+    assert E.shape == (B, *grid) and E.dtype == torch.float32 and torch.isfinite(E).all()
+    full_valid = None if valid is None else F.resize_nearest(valid, (h, w))
+    ref, ref_nonempty = naive_patch_entropy(ent, grid, full_valid)
+    np.testing.assert_allclose(E.numpy(), ref, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(nonempty.numpy(), ref_nonempty)
+
+
+def test_patch_entropy_errors():
+    with pytest.raises(ValueError, match=r"grid \(5, 5\) is larger than the entropy map \(4, 4\)"):
+        F.patch_entropy(torch.rand(1, 4, 4), (5, 5))
+    with pytest.raises(TypeError, match="valid must be a bool tensor"):
+        F.patch_entropy(torch.rand(1, 4, 4), 2, torch.ones(1, 4, 4))
+    with pytest.raises(ValueError, match=r"valid must have shape.*got \(2, 4, 4\)"):
+        F.patch_entropy(torch.rand(1, 4, 4), 2, torch.ones(2, 4, 4, dtype=torch.bool))
+    with pytest.raises(TypeError, match="grid must be an int or a pair"):
+        F.patch_entropy(torch.rand(1, 4, 4), (2, 2, 2))
+    with pytest.raises(ValueError, match="grid must be positive"):
+        F.patch_entropy(torch.rand(1, 4, 4), (0, 2))
+
+
+# --- selection ---------------------------------------------------------------------------------
+
+@given(V=st.integers(1, 5), B=st.integers(1, 3), gh=st.integers(1, 6), gw=st.integers(1, 6),
+       ties=st.booleans(), use_valid=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_select_max_and_min_pick_extremes_among_nonempty_cells(V, B, gh, gw, ties, use_valid, seed):
+    g = torch.Generator().manual_seed(seed)
+    E = torch.rand(V, B, gh, gw, generator=g)
+    if ties:
+        E = (E * 3).floor()  # many exact ties
+    valid = (torch.rand(V, B, gh, gw, generator=g) < 0.5) if use_valid else None
+    for mode, sign in (("max", 1), ("min", -1)):
+        idx = F.select_views(E, mode, valid=valid)
+        assert idx.shape == (B, gh, gw) and idx.dtype == torch.int64
+        eligible = torch.ones_like(E, dtype=torch.bool) if valid is None else valid | ~valid.any(0)
+        score = torch.where(eligible, sign * E, -math.inf)
+        best = score.max(0).values
+        chosen = score.gather(0, idx[None])[0]
+        assert torch.equal(chosen, best)
+        # ties go to the lowest view index
+        first_best = (score == best[None]).float().argmax(0)
+        assert torch.equal(idx, first_best)
+        if valid is not None:  # an empty cell never beats a non-empty one
+            has_any = valid.any(0)
+            assert valid.gather(0, idx[None])[0][has_any].all()
+
+
+@given(V=st.integers(2, 4), T=st.sampled_from([0.1, 1.0, 5.0]), seed=st.integers(0, 1000))
+def test_select_sample_follows_softmax_and_random_is_uniform(V, T, seed):
+    g = torch.Generator().manual_seed(seed)
+    e = torch.rand(V, generator=g) * 2
+    E = e[:, None, None, None].expand(V, 64, 32, 32).contiguous()  # 65536 cells, same entropies
+    idx = F.select_views(E, "sample", T, torch.Generator().manual_seed(seed))
+    freq = torch.bincount(idx.flatten(), minlength=V).double() / idx.numel()
+    target = (e.double() / T).softmax(0)
+    assert (freq - target).abs().max() < 0.01
+    idx = F.select_views(E, "random", generator=torch.Generator().manual_seed(seed))
+    freq = torch.bincount(idx.flatten(), minlength=V).double() / idx.numel()
+    assert (freq - 1 / V).abs().max() < 0.01
+
+
+def test_select_sample_respects_valid_and_generator():
+    E = torch.rand(3, 4, 5, 5)
+    valid = torch.zeros(3, 4, 5, 5, dtype=torch.bool)
+    valid[2] = True
+    idx = F.select_views(E, "sample", 1.0, torch.Generator().manual_seed(0), valid=valid)
+    assert (idx == 2).all()
+    a = F.select_views(E, "sample", 1.0, torch.Generator().manual_seed(3))
+    b = F.select_views(E, "sample", 1.0, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+
+
+def test_select_errors():
+    E = torch.rand(2, 1, 2, 2)
+    with pytest.raises(ValueError, match="select must be one of"):
+        F.select_views(E, "median")
+    with pytest.raises(ValueError, match="temperature must be"):
+        F.select_views(E, "sample", 0.0)
+    with pytest.raises(ValueError, match=r"patch_entropy must be 4-D, got shape \(1, 2, 2\)"):
+        F.select_views(E[0])
+    with pytest.raises(ValueError, match=r"valid must be a bool tensor shaped like patch_entropy"):
+        F.select_views(E, valid=torch.ones(2, 1, 2, 3, dtype=torch.bool))
+
+
+# --- apply_plan --------------------------------------------------------------------------------
+
+@given(V=st.integers(1, 4), B=st.integers(1, 3), sg=sizes_and_grid(max_side=30),
+       out_size=st.tuples(st.integers(1, 40), st.integers(1, 40)), channels=st.sampled_from([None, 1, 3]),
+       dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.uint8, torch.bool]),
+       seed=st.integers(0, 2**31 - 1))
+@example(V=2, B=2, sg=((321, 321), (4, 4)), out_size=(321, 321), channels=3, dtype=torch.float32, seed=1)
+@example(V=2, B=1, sg=((1, 1), (1, 1)), out_size=(1, 1), channels=None, dtype=torch.int64, seed=1)
+def test_apply_plan_is_a_pure_gather_by_the_grid_rule(V, B, sg, out_size, channels, dtype, seed):
+    _, grid = sg
+    g = torch.Generator().manual_seed(seed)
+    index = torch.randint(0, V, (B, *grid), generator=g)
+    h, w = out_size
+    shape = (B, h, w) if channels is None else (B, channels, h, w)
+    tensors = [(torch.randn(shape, generator=g) * 100).to(dtype) for _ in range(V)]
+    before = [t.clone() for t in tensors]
+    out = F.apply_plan(index, tensors)
+    assert out.shape == shape and out.dtype == dtype
+    assert all(torch.equal(t, b) for t, b in zip(tensors, before))
+    rows, cols = naive_cells(h, grid[0]), naive_cells(w, grid[1])
+    src = index[:, rows][:, :, cols]  # (B, h, w)
+    stacked = torch.stack(tensors)
+    sel = src[None] if channels is None else src[None, :, None].expand(1, B, channels, h, w)
+    ref = stacked.gather(0, sel)[0]
+    assert torch.equal(out, ref)
+
+
+def test_apply_plan_errors():
+    idx = torch.zeros(2, 2, 2, dtype=torch.long)
+    x = torch.rand(2, 3, 4, 4)
+    with pytest.raises(ValueError, match=r"tensors must share shape.*tensors\[1\] is \(2, 3, 4, 5\)"):
+        F.apply_plan(idx, [x, torch.rand(2, 3, 4, 5)])
+    with pytest.raises(ValueError, match=r"batch size mismatch: index \(2, 2, 2\) vs tensors \(3, 3, 4, 4\)"):
+        F.apply_plan(idx, [torch.rand(3, 3, 4, 4)] * 2)
+    with pytest.raises(TypeError, match="index must be int64"):
+        F.apply_plan(idx.int(), [x, x])
+    with pytest.raises(TypeError, match="tensors must be a list or tuple"):
+        F.apply_plan(idx, x)
+    with pytest.raises(ValueError, match="the plan mixes 3 views but 2 tensors"):
+        F.apply_plan(idx, [x, x], num_views=3)
+    with pytest.raises(ValueError, match=r"tensors\[0\] must be 3-D or 4-D, got shape \(2, 4\)"):
+        F.apply_plan(idx, [x[:, 0, 0], x[:, 0, 0]])
+
+
+# --- cutmix boxes ------------------------------------------------------------------------------
+
+def unimatch_box(rng, size, size_min=0.02, size_max=0.4, r1=0.3, r2=1 / 0.3):
+    """UniMatch's obtain_cutmix_box (p=1), as a reference for the batched sampler."""
+    area = rng.uniform(size_min, size_max) * size * size
+    while True:
+        ratio = rng.uniform(r1, r2)
+        bw, bh = int(np.sqrt(area / ratio)), int(np.sqrt(area * ratio))
+        x, y = rng.integers(0, size), rng.integers(0, size)
+        if x + bw <= size and y + bh <= size:
+            return bh, bw, y, x
+
+
+@given(B=st.integers(0, 6), H=st.integers(1, 64), W=st.integers(1, 64), p=st.sampled_from([0.0, 0.5, 1.0]),
+       seed=st.integers(0, 2**31 - 1))
+def test_cutmix_boxes_are_boxes_inside_the_image(B, H, W, p, seed):
+    m = F.cutmix_boxes(B, (H, W), p, generator=torch.Generator().manual_seed(seed))
+    assert m.shape == (B, H, W) and m.dtype == torch.int64
+    assert ((m == 0) | (m == 1)).all()
+    if p == 0.0:
+        assert (m == 0).all()
+    for b in range(B):  # the ones form one axis-aligned rectangle
+        ys, xs = torch.where(m[b] == 1)
+        if len(ys):
+            box = m[b, ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+            assert (box == 1).all() and box.numel() == len(ys)
+            assert len(ys) <= 0.4 * H * W + 1e-9
+
+
+def test_cutmix_boxes_match_unimatch_statistics():
+    S, n = 64, 4000
+    m = F.cutmix_boxes(n, (S, S), 1.0, generator=torch.Generator().manual_seed(0))
+    rows = m.any(2).sum(1).double()
+    cols = m.any(1).sum(1).double()
+    rng = np.random.default_rng(0)
+    ref = np.array([unimatch_box(rng, S) for _ in range(n)], dtype=float)
+    # area, aspect and centre position agree with the rejection sampler (standard errors ~0.5%)
+    area, ref_area = (rows * cols).mean().item() / S**2, (ref[:, 0] * ref[:, 1]).mean() / S**2
+    assert abs(area - ref_area) < 0.01
+    aspect, ref_aspect = (rows / cols.clamp_min(1)).mean().item(), (ref[:, 0] / np.maximum(ref[:, 1], 1)).mean()
+    assert abs(aspect - ref_aspect) / ref_aspect < 0.05
+    y0 = m.any(2).double().argmax(1).double()
+    assert abs((y0 + rows / 2).mean().item() - (ref[:, 2] + ref[:, 0] / 2).mean()) < 0.02 * S
+
+
+def test_cutmix_boxes_errors():
+    with pytest.raises(ValueError, match="p must be in"):
+        F.cutmix_boxes(1, (4, 4), p=1.5)
+    with pytest.raises(ValueError, match="size_min <= size_max"):
+        F.cutmix_boxes(1, (4, 4), size_min=0.5, size_max=0.1)
+    with pytest.raises(ValueError, match="ratio must be"):
+        F.cutmix_boxes(1, (4, 4), ratio=(2.0, 1.0))

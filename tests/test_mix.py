@@ -1,0 +1,309 @@
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from entropymix import CutMix, EntropyMix, MixPlan
+from entropymix import functional as F
+from conftest import requires_cuda
+from strategies import FLOAT_DTYPES, naive_cells, random_probs, sizes_and_grid
+
+MODES = ["max", "min", "sample", "random"]
+
+
+def make_batch(seed, V, B, C, H, W, K, prob_size=None, dtype=torch.float32):
+    """V views whose channel 0 encodes the view id (so provenance is visible in the output)."""
+    g = torch.Generator().manual_seed(seed)
+    views = []
+    for v in range(V):
+        x = torch.randn(B, C, H, W, generator=g)
+        x[:, 0] = v
+        views.append(x.to(dtype))
+    h, w = prob_size or (H, W)
+    probs = [random_probs(g, (B, K, h, w)) for _ in range(V)]
+    return views, probs, g
+
+
+def check_conservation(mixed, views, plan):
+    """Every output pixel equals, bit for bit, the same pixel of the view the plan names."""
+    B, C, H, W = mixed.shape
+    gh, gw = plan.grid
+    rows, cols = naive_cells(H, gh), naive_cells(W, gw)
+    src = plan.index[:, rows][:, :, cols]
+    assert src.min() >= 0 and src.max() < len(views)
+    ref = torch.stack(views).gather(0, src[None, :, None].expand(1, B, C, H, W))[0]
+    assert torch.equal(mixed, ref)
+    assert torch.equal(plan.source_map(), src)
+
+
+@given(V=st.integers(2, 4), B=st.integers(1, 3), C=st.integers(1, 3), sg=sizes_and_grid(max_side=33),
+       K=st.integers(2, 6), select=st.sampled_from(MODES), p=st.sampled_from([0.0, 0.5, 1.0]),
+       prob_scale=st.sampled_from([1, 2]), dtype=st.sampled_from(FLOAT_DTYPES), seed=st.integers(0, 2**31 - 1))
+@example(V=2, B=2, C=3, sg=((321, 321), (4, 4)), K=21, select="max", p=1.0, prob_scale=1,
+         dtype=torch.float32, seed=0)
+@example(V=2, B=1, C=1, sg=((1, 1), (1, 1)), K=2, select="max", p=1.0, prob_scale=1, dtype=torch.float32, seed=0)
+@example(V=3, B=2, C=3, sg=((321, 321), (4, 4)), K=21, select="sample", p=0.5, prob_scale=2,
+         dtype=torch.bfloat16, seed=0)
+def test_entropymix_conserves_pixels_and_selects_by_entropy(V, B, C, sg, K, select, p, prob_scale, dtype, seed):
+    (H, W), grid = sg
+    # probabilities at the image resolution or a coarser one (the teacher's output stride)
+    ph, pw = max(grid[0], H // prob_scale), max(grid[1], W // prob_scale)
+    views, probs, g = make_batch(seed, V, B, C, H, W, K, (ph, pw), dtype)
+    before = [x.clone() for x in views + probs]
+    mixer = EntropyMix(grid, select=select, p=p)
+    mixed, plan = mixer(views, probs=probs, generator=torch.Generator().manual_seed(seed))
+    assert all(torch.equal(a, b) for a, b in zip(views + probs, before))  # nothing in place
+    assert mixed.shape == views[0].shape and mixed.dtype == dtype
+    assert plan.index.shape == (B, *grid) and plan.num_views == V and plan.size == (H, W)
+    check_conservation(mixed, views, plan)
+    if p == 0.0:
+        assert (plan.index == 0).all() and torch.equal(mixed, views[0])
+    if select in ("max", "min") and p == 1.0:
+        E = torch.stack([F.patch_entropy(F.entropy(q), grid) for q in probs])
+        chosen = E.gather(0, plan.index[None])[0]
+        best = E.max(0).values if select == "max" else E.min(0).values
+        assert torch.equal(chosen, best)
+
+
+@given(V=st.integers(2, 3), B=st.integers(1, 3), sg=sizes_and_grid(max_side=24), K=st.integers(2, 5),
+       select=st.sampled_from(["max", "min", "sample"]), seed=st.integers(0, 2**31 - 1))
+def test_empty_cells_are_never_preferred(V, B, sg, K, select, seed):
+    (H, W), grid = sg
+    views, probs, g = make_batch(seed, V, B, 1, H, W, K)
+    valid = [torch.rand(B, H, W, generator=g) < q for q in torch.rand(V, generator=g).tolist()]
+    valid[0][:] = False  # view 0 has no valid pixel at all: it must lose wherever another view has one
+    _, plan = EntropyMix(grid, select=select)(views, probs=probs, valid=valid,
+                                               generator=torch.Generator().manual_seed(seed))
+    _, nonempty = zip(*[F.patch_entropy(F.entropy(q), grid, m, return_valid=True) for q, m in zip(probs, valid)])
+    nonempty = torch.stack(nonempty)
+    chosen_nonempty = nonempty.gather(0, plan.index[None])[0]
+    assert chosen_nonempty[nonempty.any(0)].all()
+
+
+@given(V=st.integers(2, 3), B=st.integers(1, 3), sg=sizes_and_grid(max_side=40), K=st.integers(2, 5),
+       select=st.sampled_from(MODES), feat_div=st.sampled_from([1, 4, 8]), seed=st.integers(0, 2**31 - 1))
+@example(V=2, B=2, sg=((321, 321), (4, 4)), K=21, select="max", feat_div=8, seed=0)
+def test_plan_applied_to_labels_confidences_and_features_matches_the_image(V, B, sg, K, select, feat_div, seed):
+    (H, W), grid = sg
+    views, probs, g = make_batch(seed, V, B, 2, H, W, K)
+    mixed, plan = EntropyMix(grid, select=select)(views, probs=probs, generator=torch.Generator().manual_seed(seed))
+    labels = [q.argmax(1) for q in probs]                              # int64 (B, H, W)
+    conf = [q.max(1).values.half() for q in probs]                     # float16 (B, H, W)
+    ignore = [torch.full((B, H, W), 255 * (v % 2), dtype=torch.uint8) for v in range(V)]
+    y_mixed, c_mixed, i_mixed = plan.apply(labels), plan.apply(conf), plan.apply(ignore)
+    src = mixed[:, 0].long()  # channel 0 of view v is v
+    assert torch.equal(y_mixed, torch.stack(labels).gather(0, src[None])[0])
+    assert torch.equal(c_mixed, torch.stack(conf).gather(0, src[None])[0])
+    assert torch.equal(i_mixed, torch.stack(ignore).gather(0, src[None])[0])
+    # features at a coarser resolution carry the view id too: the plan maps them by the same rule
+    fh, fw = max(1, H // feat_div), max(1, W // feat_div)
+    feats = [torch.full((B, 4, fh, fw), float(v)) for v in range(V)]
+    f_mixed = plan.apply(feats)
+    assert torch.equal(f_mixed[:, 0].long(), plan.source_map((fh, fw)))
+
+
+@given(select=st.sampled_from(MODES), p=st.sampled_from([0.3, 1.0]), seed=st.integers(0, 2**31 - 1),
+       use_logits=st.booleans())
+def test_same_generator_seed_gives_the_same_plan(select, p, seed, use_logits):
+    views, probs, _ = make_batch(seed, 3, 4, 3, 20, 23, 5)
+    mixer = EntropyMix((3, 5), select=select, p=p)
+    kw = {"logits": [q.log() for q in probs]} if use_logits else {"probs": probs}
+    a, plan_a = mixer(views, **kw, generator=torch.Generator().manual_seed(seed))
+    b, plan_b = mixer(views, **kw, generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(plan_a.index, plan_b.index) and torch.equal(a, b)
+
+
+def test_logits_and_probs_give_the_same_plan():
+    views, probs, _ = make_batch(0, 2, 4, 3, 32, 32, 7)
+    _, a = EntropyMix(4)(views, probs=probs)
+    _, b = EntropyMix(4)(views, logits=[q.log() * 3 - 1 for q in probs])  # log(q) + const, scaled: different
+    _, c = EntropyMix(4)(views, logits=[q.log() + 5.0 for q in probs])     # log(q) + const: same softmax
+    assert torch.equal(a.index, c.index)
+    assert b.index.shape == a.index.shape
+
+
+@given(V=st.integers(2, 3), sg=sizes_and_grid(max_side=24), dtype=st.sampled_from(FLOAT_DTYPES),
+       seed=st.integers(0, 2**31 - 1))
+def test_channels_last_inputs(V, sg, dtype, seed):
+    (H, W), grid = sg
+    views, probs, _ = make_batch(seed, V, 2, 3, H, W, 4, dtype=dtype)
+    cl_views = [x.contiguous(memory_format=torch.channels_last) for x in views]
+    cl_probs = [q.contiguous(memory_format=torch.channels_last) for q in probs]
+    mixed, plan = EntropyMix(grid)(views, probs=probs)
+    cl_mixed, cl_plan = EntropyMix(grid)(cl_views, probs=cl_probs)
+    assert torch.equal(plan.index, cl_plan.index)
+    assert torch.equal(mixed, cl_mixed)
+    if H > 1 and W > 1:
+        assert cl_mixed.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_entropymix_errors_name_the_argument_and_shapes():
+    views, probs, _ = make_batch(0, 2, 2, 3, 16, 16, 5)
+    mixer = EntropyMix((4, 4))
+    with pytest.raises(ValueError, match="views needs at least 2 tensors"):
+        mixer(views[:1], probs=probs[:1])
+    with pytest.raises(ValueError, match=r"views must share \(B, C, H, W\).*views\[1\] is \(3, 3, 16, 16\)"):
+        mixer([views[0], torch.rand(3, 3, 16, 16)], probs=probs)
+    with pytest.raises(ValueError, match=r"views must share \(B, C, H, W\).*views\[1\] is \(2, 3, 16, 17\)"):
+        mixer([views[0], torch.rand(2, 3, 16, 17)], probs=probs)
+    with pytest.raises(ValueError, match=r"views\[0\] must be 4-D, got shape \(3, 16, 16\)"):
+        mixer([views[0][0], views[1][0]], probs=probs)
+    with pytest.raises(TypeError, match="views must be a list or tuple"):
+        mixer(views[0], probs=probs)
+    with pytest.raises(ValueError, match=r"probs\[0\] must be 4-D, got shape \(2, 16, 16\)"):
+        mixer(views, probs=[q[:, 0] for q in probs])
+    with pytest.raises(ValueError, match=r"probs\[0\] has batch size 1 but views have 2"):
+        mixer(views, probs=[q[:1] for q in probs])
+    with pytest.raises(ValueError, match=r"probs must share one shape.*probs\[1\] is \(2, 5, 8, 8\)"):
+        mixer(views, probs=[probs[0], probs[1][..., :8, :8]])
+    with pytest.raises(ValueError, match="probs must be a list of 2 tensors"):
+        mixer(views, probs=probs[:1])
+    with pytest.raises(ValueError, match=r"probs\[1\] must be probabilities.*\(2, 5, 16, 16\)"):
+        mixer(views, probs=[probs[0], probs[1] * 2])
+    with pytest.raises(ValueError, match=r"probs\[0\] contains non-finite"):
+        mixer(views, probs=[probs[0] * math.nan, probs[1]])
+    with pytest.raises(ValueError, match="needs probs= or logits="):
+        mixer(views)
+    with pytest.raises(ValueError, match="either probs= or logits="):
+        mixer(views, probs=probs, logits=probs)
+    with pytest.raises(ValueError, match=r"grid \(32, 32\) is larger than the images \(H, W\) = \(16, 16\)"):
+        EntropyMix(32)(views, probs=probs)
+    with pytest.raises(ValueError, match=r"grid \(8, 8\) is larger than probs maps \(h, w\) = \(4, 4\)"):
+        EntropyMix(8)(views, probs=[q[..., :4, :4] for q in probs])
+    with pytest.raises(ValueError, match=r"valid\[1\] must be a bool \(B, h, w\) mask"):
+        mixer(views, probs=probs, valid=[None, torch.ones(2, 16, 16)])
+    with pytest.raises(ValueError, match="select must be one of"):
+        EntropyMix(select="median")
+    with pytest.raises(ValueError, match="p must be in"):
+        EntropyMix(p=2)
+    with pytest.raises(ValueError, match="temperature must be"):
+        EntropyMix(temperature=0)
+    # value checks off: off-simplex input is the caller's business, no error and no sync
+    EntropyMix(4, check_values=False)(views, probs=[probs[0], probs[1] * 2])
+
+
+def test_no_host_device_sync_on_the_hot_path(monkeypatch):
+    """With value checks off, nothing in EntropyMix/CutMix/MixPlan.apply reads a value back."""
+    views, probs, _ = make_batch(0, 2, 2, 3, 33, 33, 5)
+    valid = [torch.ones(2, 33, 33, dtype=torch.bool)] * 2
+    labels = [q.argmax(1) for q in probs]
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host-device synchronisation on the hot path")
+
+    for name in ("item", "tolist", "nonzero", "__bool__", "__int__", "__float__", "__index__", "numpy", "any_"):
+        if hasattr(torch.Tensor, name):
+            monkeypatch.setattr(torch.Tensor, name, forbidden)
+    monkeypatch.setattr(torch, "nonzero", forbidden)
+    for original in (torch.Tensor.__getitem__, torch.Tensor.__setitem__):
+        def guarded(self, idx, *rest, _original=original):
+            parts = idx if isinstance(idx, tuple) else (idx,)
+            if any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in parts):
+                forbidden()
+            return _original(self, idx, *rest)
+        monkeypatch.setattr(torch.Tensor, original.__name__, guarded)
+
+    for select in MODES:
+        mixed, plan = EntropyMix(4, select=select, p=0.5, check_values=False)(
+            views, probs=probs, valid=valid, generator=torch.Generator().manual_seed(0))
+        plan.apply(labels)
+    mixed, plan = CutMix()(views, generator=torch.Generator().manual_seed(0))
+    plan.apply(labels)
+    with pytest.raises(AssertionError, match="synchronisation"):  # the guard does catch value checks
+        EntropyMix(4, check_values=True)(views, probs=probs)
+    monkeypatch.undo()
+    assert mixed.shape == views[0].shape
+
+
+# --- MixPlan -----------------------------------------------------------------------------------
+
+@given(V=st.integers(1, 4), B=st.integers(1, 3), sg=sizes_and_grid(max_side=40),
+       size=st.tuples(st.integers(1, 50), st.integers(1, 50)), seed=st.integers(0, 2**31 - 1))
+def test_fractions_are_pixel_shares(V, B, sg, size, seed):
+    _, grid = sg
+    index = torch.randint(0, V, (B, *grid), generator=torch.Generator().manual_seed(seed))
+    plan = MixPlan(index, V, size)
+    fr = plan.fractions()
+    assert fr.shape == (B, V) and fr.dtype == torch.float32
+    src = plan.source_map()
+    ref = torch.nn.functional.one_hot(src, V).double().mean((1, 2)).float()
+    torch.testing.assert_close(fr, ref)
+    torch.testing.assert_close(fr.sum(1), torch.ones(B))
+
+
+def test_plan_is_plain_replayable_data():
+    views, probs, _ = make_batch(0, 3, 2, 3, 21, 21, 5)
+    mixed, plan = EntropyMix(3, select="sample")(views, probs=probs, generator=torch.Generator().manual_seed(0))
+    clone = pickle.loads(pickle.dumps(plan))
+    assert torch.equal(clone.index, plan.index) and clone.num_views == 3 and clone.size == (21, 21)
+    assert torch.equal(clone.apply(views), mixed)
+    assert torch.equal(plan.apply(views), mixed)  # replay twice, same result
+    assert torch.equal(plan.to("cpu").apply(views), mixed)
+    assert plan.grid == (3, 3) and plan.batch_size == 2
+    with pytest.raises(ValueError, match="the plan mixes 3 views but 2 tensors"):
+        plan.apply(views[:2])
+
+
+# --- CutMix ------------------------------------------------------------------------------------
+
+@given(B=st.integers(1, 4), sg=sizes_and_grid(max_side=40), p=st.sampled_from([0.0, 0.5, 1.0]),
+       dtype=st.sampled_from(FLOAT_DTYPES), seed=st.integers(0, 2**31 - 1))
+def test_cutmix_pastes_one_box_from_the_second_view(B, sg, p, dtype, seed):
+    (H, W), _ = sg
+    views, probs, _ = make_batch(seed, 2, B, 3, H, W, 3, dtype=dtype)
+    mixed, plan = CutMix(p=p)(views, probs=probs, generator=torch.Generator().manual_seed(seed))
+    assert plan.index.shape == (B, H, W) and plan.num_views == 2
+    check_conservation(mixed, views, plan)
+    area = plan.fractions()[:, 1]
+    assert (area <= 0.4 + 1e-6).all()
+    if p == 0.0:
+        assert torch.equal(mixed, views[0])
+    # replayed on labels at half resolution: a nearest-resized box
+    y = [torch.zeros(B, max(1, H // 2), max(1, W // 2), dtype=torch.long) + v for v in range(2)]
+    assert torch.equal(plan.apply(y), plan.source_map(y[0].shape[-2:]))
+
+
+def test_cutmix_errors():
+    x = torch.rand(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="CutMix mixes exactly 2 views, got 3"):
+        CutMix()([x, x, x])
+    with pytest.raises(ValueError, match="p must be in"):
+        CutMix(p=-0.1)
+
+
+# --- devices -----------------------------------------------------------------------------------
+
+@requires_cuda
+@pytest.mark.parametrize("select", MODES)
+def test_cuda_gives_the_same_plan_as_cpu(select):
+    views, probs, _ = make_batch(0, 3, 4, 3, 65, 65, 21)
+    mixer = EntropyMix(4, select=select, p=0.7)
+    mixed, plan = mixer(views, probs=probs, generator=torch.Generator().manual_seed(1))
+    cuda_mixed, cuda_plan = mixer([x.cuda() for x in views], probs=[q.cuda() for q in probs],
+                                  generator=torch.Generator().manual_seed(1))
+    assert torch.equal(cuda_plan.index.cpu(), plan.index)
+    assert torch.equal(cuda_mixed.cpu(), mixed)
+    _, cut = CutMix()(views, generator=torch.Generator().manual_seed(2))
+    _, cuda_cut = CutMix()([x.cuda() for x in views], generator=torch.Generator().manual_seed(2))
+    assert torch.equal(cuda_cut.index.cpu(), cut.index)
+
+
+@requires_cuda
+def test_cuda_hot_path_does_not_synchronise():
+    views, probs, _ = make_batch(0, 2, 4, 3, 65, 65, 21)
+    views, probs = [x.cuda() for x in views], [q.cuda() for q in probs]
+    labels = [q.argmax(1) for q in probs]
+    mixer = EntropyMix(4, select="sample", check_values=False)
+    mixer(views, probs=probs)  # warm-up (lazy init may sync)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        _, plan = mixer(views, probs=probs, generator=None)
+        plan.apply(labels)
+        _, plan = CutMix()(views)
+        plan.apply(labels)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
