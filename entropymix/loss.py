@@ -1,0 +1,241 @@
+"""SPEEDLoss: self-distillation by pixel relations (features) and entropy-weighted KL (logits).
+
+The "teacher" is the same model on the weak view, detached: no extra heads, no pre-trained
+teacher. Both terms take a validity mask at any resolution (or a label map with
+``ignore_index``), reduce in float32 whatever the input dtype, and give a zero that is still
+connected to the graph when no pixel is valid.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .functional import _check_tensor, _shape, resize_nearest
+
+__all__ = ["SPEEDLoss", "relation_distillation", "logit_distillation", "RELATION_METHODS"]
+
+RELATION_METHODS = ("auto", "gram", "naive")
+
+
+def _valid_mask(valid: Optional[Tensor], batch: int, size: Tuple[int, int], ignore_index: int,
+                device: torch.device) -> Tensor:
+    """Bool ``(B, h, w)`` mask at ``size`` from a bool mask or an integer label map at any resolution."""
+    if valid is None:
+        return torch.ones(batch, *size, dtype=torch.bool, device=device)
+    _check_tensor("valid", valid, ndim=(3,))
+    if valid.is_floating_point() or valid.is_complex():
+        raise TypeError(f"valid must be a bool mask or an integer label map, got dtype {valid.dtype}")
+    if valid.shape[0] != batch:
+        raise ValueError(f"valid has batch size {valid.shape[0]} but the inputs have {batch}: valid is {_shape(valid)}")
+    if valid.device != device:
+        raise ValueError(f"valid is on {valid.device} but the inputs are on {device}")
+    mask = valid if valid.dtype == torch.bool else valid != ignore_index
+    return resize_nearest(mask, size)
+
+
+def _check_pair(name: str, student: Tensor, teacher: Tensor, same_channels: bool) -> None:
+    _check_tensor(f"student_{name}", student, ndim=(4,), floating=True)
+    _check_tensor(f"teacher_{name}", teacher, ndim=(4,), floating=True)
+    s, t = student.shape, teacher.shape
+    if (s if same_channels else (s[0], *s[2:])) != (t if same_channels else (t[0], *t[2:])):
+        want = "(B, K, h, w)" if same_channels else "(B, *, h, w)"
+        raise ValueError(f"student_{name} and teacher_{name} must share {want}: "
+                         f"got {_shape(student)} and {_shape(teacher)}")
+    if student.device != teacher.device:
+        raise ValueError(f"student_{name} is on {student.device} but teacher_{name} is on {teacher.device}")
+
+
+def _wide(t: Tensor) -> Tensor:
+    """At least float32 (float64 stays float64, so gradcheck and references can run exactly)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _check_finite(name: str, t: Tensor) -> None:
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains non-finite values (shape {_shape(t)})")
+
+
+def logit_distillation(student_logits: Tensor, teacher_logits: Tensor, valid: Optional[Tensor] = None, *,
+                       temperature: float = 1.0, entropy_weighting: bool = True, ignore_index: int = 255,
+                       check_values: bool = True) -> Tensor:
+    """Entropy-weighted, temperature-scaled KL from the (detached) teacher to the student.
+
+    Per valid pixel ``i``: ``w_i * T^2 * KL(softmax(t_i / T) || softmax(s_i / T))`` with
+    ``w_i = 1 - H(softmax(t_i)) / log K`` (confident teacher pixels count more) when
+    ``entropy_weighting``, else 1. Summed over valid pixels, divided by their number.
+
+    Args:
+        student_logits, teacher_logits: ``(B, K, h, w)`` logits; the teacher is detached here.
+        valid: optional bool ``(B, h', w')`` mask, or an integer label map whose
+            ``ignore_index`` pixels are ignored; any resolution (nearest, by the grid rule).
+        temperature: ``T > 0``.
+        check_values: raise ``ValueError`` on non-finite logits (synchronises).
+
+    Returns:
+        Scalar loss, float32 (float64 for float64 inputs); 0, still connected to the graph, when no
+        pixel is valid.
+    """
+    _check_pair("logits", student_logits, teacher_logits, same_channels=True)
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if check_values:
+        _check_finite("student_logits", student_logits)
+        _check_finite("teacher_logits", teacher_logits)
+    B, K, h, w = student_logits.shape
+    mask = _valid_mask(valid, B, (h, w), ignore_index, student_logits.device)
+    s = _wide(student_logits)
+    t = _wide(teacher_logits.detach())
+    log_q = torch.log_softmax(t / temperature, dim=1)
+    log_p = torch.log_softmax(s / temperature, dim=1)
+    kl = (log_q.exp() * (log_q - log_p)).sum(1) * temperature ** 2          # (B, h, w)
+    if entropy_weighting and K > 1:
+        log_t = torch.log_softmax(t, dim=1)
+        ent = -(log_t.exp() * log_t).sum(1)
+        kl = kl * (1 - ent / math.log(K)).clamp(0, 1)
+    # where, not multiply: an ignored pixel contributes an exact zero and no gradient.
+    total = torch.where(mask, kl, 0.0).sum()
+    return total / mask.sum().clamp_min(1)
+
+
+def _normalised_rows(features: Tensor, mask: Tensor) -> Tensor:
+    """``(B, N, D)`` float32 unit feature vectors, zero rows at invalid pixels."""
+    f = _wide(features).flatten(2).transpose(1, 2)                         # (B, N, D)
+    f = nn.functional.normalize(f, dim=2)
+    return f * mask.flatten(1)[:, :, None]
+
+
+def _relation_cost(n: int, d_s: int, d_t: int) -> Tuple[int, int]:
+    gram = n * (d_s * d_s + d_s * d_t + d_t * d_t)
+    naive = n * n * (d_s + d_t + 1)
+    return gram, naive
+
+
+def relation_distillation(student_features: Tensor, teacher_features: Tensor, valid: Optional[Tensor] = None, *,
+                          ignore_index: int = 255, method: str = "auto", check_values: bool = True) -> Tensor:
+    """Pixel-relation distillation: match the student's cosine affinities to the teacher's.
+
+    Per image ``b`` with ``N_b`` valid pixels, ``F_s`` / ``F_t`` the L2-normalised features at
+    those pixels and ``A = F F^T``: ``||A_s - A_t||_F^2 / N_b^2``, averaged over images with
+    ``N_b > 0``. ``D_s`` and ``D_t`` may differ (no projection head).
+
+    The ``N x N`` affinities are never built when that is the costlier form: with
+    ``G_xy = F_x^T F_y``, ``||A_s - A_t||^2 = ||G_ss||^2 - 2 ||G_st||^2 + ||G_tt||^2`` exactly, in
+    ``O(N D^2)`` time and ``O(D^2)`` memory instead of ``O(N^2 D)`` and ``O(N^2)``.
+
+    Args:
+        student_features: ``(B, D_s, h, w)``.
+        teacher_features: ``(B, D_t, h, w)``; detached here.
+        valid: optional bool mask or integer label map (``ignore_index``), any resolution.
+        method: ``"auto"`` (the cheaper form), ``"gram"`` or ``"naive"`` (the ``N x N`` form).
+        check_values: raise ``ValueError`` on non-finite features (synchronises).
+
+    Returns:
+        Scalar loss, float32 (float64 for float64 inputs); 0, still connected to the graph, when no
+        pixel is valid.
+    """
+    _check_pair("features", student_features, teacher_features, same_channels=False)
+    if method not in RELATION_METHODS:
+        raise ValueError(f"method must be one of {RELATION_METHODS}, got {method!r}")
+    if check_values:
+        _check_finite("student_features", student_features)
+        _check_finite("teacher_features", teacher_features)
+    B, d_s, h, w = student_features.shape
+    d_t = teacher_features.shape[1]
+    mask = _valid_mask(valid, B, (h, w), ignore_index, student_features.device)
+    fs = _normalised_rows(student_features, mask)
+    ft = _normalised_rows(teacher_features.detach(), mask)
+    if method == "auto":
+        gram_cost, naive_cost = _relation_cost(h * w, d_s, d_t)
+        method = "gram" if gram_cost <= naive_cost else "naive"
+    if method == "gram":
+        gs, gt = fs.transpose(1, 2), ft.transpose(1, 2)                     # (B, D, N)
+        sq = (gs @ fs).square().sum((1, 2)) - 2 * (gs @ ft).square().sum((1, 2)) + (gt @ ft).square().sum((1, 2))
+    else:
+        sq = (fs @ fs.transpose(1, 2) - ft @ ft.transpose(1, 2)).square().sum((1, 2))
+    n = mask.flatten(1).sum(1)
+    per_image = sq / n.clamp_min(1).to(sq.dtype).square()
+    has = n > 0
+    return torch.where(has, per_image, 0.0).sum() / has.sum().clamp_min(1)
+
+
+class SPEEDLoss(nn.Module):
+    """Self-distillation loss of SPEED: ``feature_weight * L_rel + logit_weight * L_kd``.
+
+    From *Self Pseudo Entropy Knowledge Distillation for Semi-Supervised Semantic Segmentation*
+    (SPEED, IEEE TCSVT 2024). The teacher is the model itself on the weak view: pass its logits
+    and features (mixed with the same :class:`~entropymix.MixPlan` as the student's input); they
+    are detached inside. See :func:`relation_distillation` and :func:`logit_distillation`.
+
+    Args:
+        feature_weight: weight of the pixel-relation term (0 switches it off; features may then be None).
+        logit_weight: weight of the entropy-weighted KL term (0 switches it off; logits may then be None).
+        temperature: KL temperature ``T``.
+        entropy_weighting: weight each pixel's KL by ``1 - H(teacher) / log K``.
+        ignore_index: label value ignored when ``valid`` is a label map.
+        relation_method: ``"auto"``, ``"gram"`` or ``"naive"``.
+        check_values: raise on non-finite inputs (synchronises; switch off in tight GPU loops).
+
+    Shapes:
+        - student_logits, teacher_logits: ``(B, K, h, w)``.
+        - student_features: ``(B, D_s, h', w')``, teacher_features: ``(B, D_t, h', w')``.
+        - valid: bool ``(B, h'', w'')`` or an integer label map, any resolution.
+        - output: scalar float32.
+
+    Example:
+        >>> crit = SPEEDLoss()
+        >>> mixed, plan = EntropyMix(4)([x_s, x_mix], probs=[p_w, p_w_mix])          # doctest: +SKIP
+        >>> logits_s, feats_s = model(mixed)                                          # doctest: +SKIP
+        >>> loss = crit(logits_s, plan.apply([logits_w, logits_w_mix]),               # doctest: +SKIP
+        ...             feats_s, plan.apply([feats_w, feats_w_mix]), valid=valid_mixed)
+    """
+
+    def __init__(self, feature_weight: float = 1.0, logit_weight: float = 1.0, temperature: float = 1.0,
+                 entropy_weighting: bool = True, ignore_index: int = 255, relation_method: str = "auto",
+                 check_values: bool = True) -> None:
+        super().__init__()
+        for name, value in (("feature_weight", feature_weight), ("logit_weight", logit_weight)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if feature_weight == 0 and logit_weight == 0:
+            raise ValueError("feature_weight and logit_weight are both 0: the loss would be empty")
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+        if relation_method not in RELATION_METHODS:
+            raise ValueError(f"relation_method must be one of {RELATION_METHODS}, got {relation_method!r}")
+        self.feature_weight, self.logit_weight = float(feature_weight), float(logit_weight)
+        self.temperature, self.entropy_weighting = float(temperature), bool(entropy_weighting)
+        self.ignore_index, self.relation_method, self.check_values = ignore_index, relation_method, check_values
+
+    def extra_repr(self) -> str:
+        return (f"feature_weight={self.feature_weight}, logit_weight={self.logit_weight}, "
+                f"temperature={self.temperature}, entropy_weighting={self.entropy_weighting}, "
+                f"ignore_index={self.ignore_index}")
+
+    def forward(self, student_logits: Optional[Tensor], teacher_logits: Optional[Tensor],
+                student_features: Optional[Tensor] = None, teacher_features: Optional[Tensor] = None,
+                valid: Optional[Tensor] = None, *,
+                return_terms: bool = False) -> Union[Tensor, Tuple[Tensor, Dict[str, Tensor]]]:
+        terms: Dict[str, Tensor] = {}
+        total: Optional[Tensor] = None
+        if self.feature_weight > 0:
+            if student_features is None or teacher_features is None:
+                raise ValueError("feature_weight > 0 needs student_features and teacher_features")
+            terms["relation"] = relation_distillation(
+                student_features, teacher_features, valid, ignore_index=self.ignore_index,
+                method=self.relation_method, check_values=self.check_values)
+            total = self.feature_weight * terms["relation"]
+        if self.logit_weight > 0:
+            if student_logits is None or teacher_logits is None:
+                raise ValueError("logit_weight > 0 needs student_logits and teacher_logits")
+            terms["logit"] = logit_distillation(
+                student_logits, teacher_logits, valid, temperature=self.temperature,
+                entropy_weighting=self.entropy_weighting, ignore_index=self.ignore_index,
+                check_values=self.check_values)
+            kd = self.logit_weight * terms["logit"]
+            total = kd if total is None else total + kd
+        assert total is not None
+        return (total, terms) if return_terms else total

@@ -1,0 +1,224 @@
+import math
+
+import pytest
+import torch
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from entropymix import SPEEDLoss, logit_distillation, relation_distillation
+from entropymix.functional import resize_nearest
+
+
+def naive_relation(fs, ft, valid):
+    """The definition, image by image: boolean-indexed pixels, explicit N x N affinities (float64)."""
+    losses = []
+    for b in range(fs.shape[0]):
+        m = valid[b].flatten()
+        if not m.any():
+            continue
+        a = torch.nn.functional.normalize(fs[b].double().flatten(1).T[m], dim=1)
+        c = torch.nn.functional.normalize(ft[b].double().flatten(1).T[m], dim=1)
+        losses.append(((a @ a.T - c @ c.T) ** 2).sum() / m.sum() ** 2)
+    return torch.stack(losses).mean() if losses else torch.zeros((), dtype=torch.float64)
+
+
+def naive_kd(s, t, valid, T, weighting):
+    s, t = s.double(), t.double()
+    K = s.shape[1]
+    q = (t / T).softmax(1)
+    kl = (q * ((t / T).log_softmax(1) - (s / T).log_softmax(1))).sum(1) * T * T
+    if weighting and K > 1:
+        pt = t.softmax(1)
+        kl = kl * (1 + (pt * pt.log()).nan_to_num().sum(1) / math.log(K))
+    return kl[valid].sum() / max(1, int(valid.sum()))
+
+
+features = st.tuples(st.integers(1, 3), st.integers(1, 24), st.integers(1, 24), st.integers(1, 9), st.integers(1, 9))
+
+
+@given(shape=features, p_valid=st.sampled_from([0.0, 0.3, 1.0]), scale=st.sampled_from([0.1, 1.0]),
+       seed=st.integers(0, 2**31 - 1))
+@example(shape=(2, 8, 8, 33, 33), p_valid=0.7, scale=1.0, seed=0)    # N > D
+@example(shape=(2, 64, 16, 3, 3), p_valid=1.0, scale=1.0, seed=0)    # N < D
+@example(shape=(1, 1, 1, 1, 1), p_valid=1.0, scale=1.0, seed=0)
+def test_relation_exact_forms_equal_the_naive_definition(shape, p_valid, scale, seed):
+    B, Ds, Dt, h, w = shape
+    g = torch.Generator().manual_seed(seed)
+    fs = torch.randn(B, Ds, h, w, generator=g, dtype=torch.float64)
+    ft = torch.randn(B, Dt, h, w, generator=g, dtype=torch.float64) * scale
+    valid = torch.rand(B, h, w, generator=g) < p_valid
+    ref = naive_relation(fs, ft, valid)
+    for method in ("gram", "naive", "auto"):
+        out = relation_distillation(fs, ft, valid, method=method)
+        assert out.dtype == torch.float64 and out >= -1e-12
+        torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-12)
+    out32 = relation_distillation(fs.float(), ft.float(), valid)  # float32 inputs: tight relative tolerance
+    assert out32.dtype == torch.float32
+    torch.testing.assert_close(out32.double(), ref, rtol=1e-4, atol=1e-6)
+
+
+@given(shape=features, seed=st.integers(0, 2**31 - 1))
+def test_relation_gradients_match_the_naive_form(shape, seed):
+    B, Ds, Dt, h, w = shape
+    g = torch.Generator().manual_seed(seed)
+    fs = torch.randn(B, Ds, h, w, generator=g, dtype=torch.float64)
+    ft = torch.randn(B, Dt, h, w, generator=g, dtype=torch.float64, requires_grad=True)
+    valid = torch.rand(B, h, w, generator=g) < 0.7
+    grads = []
+    for method in ("gram", "naive"):
+        x = fs.clone().requires_grad_()
+        relation_distillation(x, ft, valid, method=method).backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-8, atol=1e-10)
+    assert ft.grad is None  # the teacher never receives a gradient
+
+
+def test_gradcheck_both_terms():
+    g = torch.Generator().manual_seed(0)
+    fs = torch.randn(2, 5, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    ft = torch.randn(2, 3, 3, 4, generator=g, dtype=torch.float64)
+    valid = torch.rand(2, 3, 4, generator=g) < 0.7
+    for method in ("gram", "naive"):
+        assert torch.autograd.gradcheck(lambda x: relation_distillation(x, ft, valid, method=method), (fs,))
+    s = torch.randn(2, 4, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(2, 4, 3, 3, generator=g, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: logit_distillation(x, t, temperature=2.0), (s,))
+
+
+@given(B=st.integers(1, 3), K=st.integers(1, 8), h=st.integers(1, 9), w=st.integers(1, 9),
+       T=st.sampled_from([0.5, 1.0, 4.0]), weighting=st.booleans(), p_valid=st.sampled_from([0.0, 0.5, 1.0]),
+       scale=st.sampled_from([0.1, 3.0, 1e4]), seed=st.integers(0, 2**31 - 1))
+def test_logit_distillation_matches_definition(B, K, h, w, T, weighting, p_valid, scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(B, K, h, w, generator=g) * scale
+    t = torch.randn(B, K, h, w, generator=g) * scale
+    valid = torch.rand(B, h, w, generator=g) < p_valid
+    s.requires_grad_()
+    out = logit_distillation(s, t, valid, temperature=T, entropy_weighting=weighting)
+    assert out.dtype == torch.float32 and torch.isfinite(out) and out >= 0
+    ref = naive_kd(s.detach(), t, valid, T, weighting)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4 * max(1.0, scale / 100))
+    out.backward()
+    assert torch.isfinite(s.grad).all()
+
+
+@given(K=st.integers(2, 10), seed=st.integers(0, 2**31 - 1), sharp=st.sampled_from([0.0, 1.0, 50.0]))
+def test_entropy_weights_are_in_unit_interval(K, seed, sharp):
+    """On one pixel the weighted loss is w * unweighted, with w = 1 - H(teacher) / log K in [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(1, K, 1, 1, generator=g)
+    t = torch.randn(1, K, 1, 1, generator=g) * sharp
+    weighted = logit_distillation(s, t, entropy_weighting=True).double()
+    plain = logit_distillation(s, t, entropy_weighting=False).double()
+    p = t.double().softmax(1)
+    w = 1 + (p * p.log()).nan_to_num().sum() / math.log(K)
+    assert -1e-6 <= w <= 1 + 1e-6
+    torch.testing.assert_close(weighted, w * plain, rtol=1e-4, atol=1e-7)
+    if sharp == 0.0:  # a uniform teacher carries no knowledge: weight 0
+        assert weighted.abs() < 1e-6
+
+
+@given(B=st.integers(1, 3), D=st.integers(1, 16), K=st.integers(1, 6), h=st.integers(1, 12), w=st.integers(1, 12),
+       dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]), seed=st.integers(0, 2**31 - 1))
+def test_zero_when_student_equals_teacher_and_no_teacher_gradient(B, D, K, h, w, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    f = torch.randn(B, D, h, w, generator=g).to(dtype)
+    z = (torch.randn(B, K, h, w, generator=g) * 5).to(dtype)
+    fs, zs = f.clone().requires_grad_(), z.clone().requires_grad_()
+    ft, zt = f.clone().requires_grad_(), z.clone().requires_grad_()
+    loss, terms = SPEEDLoss()(zs, zt, fs, ft, return_terms=True)
+    assert loss.dtype == torch.float32
+    assert terms["relation"].abs() < 1e-5 and terms["logit"].abs() < 1e-5
+    loss.backward()
+    assert ft.grad is None and zt.grad is None
+    assert fs.grad is not None and torch.isfinite(fs.grad).all() and torch.isfinite(zs.grad).all()
+
+
+@given(B=st.integers(1, 2), Ds=st.integers(1, 8), Dt=st.integers(1, 8), h=st.integers(1, 8), w=st.integers(1, 8),
+       seed=st.integers(0, 2**31 - 1))
+def test_invariant_to_a_consistent_permutation_of_pixels(B, Ds, Dt, h, w, seed):
+    g = torch.Generator().manual_seed(seed)
+    fs, ft = torch.randn(B, Ds, h, w, generator=g), torch.randn(B, Dt, h, w, generator=g)
+    zs, zt = torch.randn(B, 5, h, w, generator=g), torch.randn(B, 5, h, w, generator=g)
+    valid = torch.rand(B, h, w, generator=g) < 0.6
+    perm = torch.randperm(h * w, generator=g)
+
+    def shuffle(x):
+        return x.flatten(-2)[..., perm].reshape(x.shape)
+
+    crit = SPEEDLoss(feature_weight=0.7, logit_weight=1.3, temperature=2.0)
+    a = crit(zs, zt, fs, ft, valid)
+    b = crit(shuffle(zs), shuffle(zt), shuffle(fs), shuffle(ft), shuffle(valid))
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@given(B=st.integers(1, 2), h=st.integers(1, 16), w=st.integers(1, 16), seed=st.integers(0, 2**31 - 1))
+def test_valid_at_any_resolution_or_as_labels(B, h, w, seed):
+    g = torch.Generator().manual_seed(seed)
+    fs, ft = torch.randn(B, 6, h, w, generator=g), torch.randn(B, 4, h, w, generator=g)
+    zs, zt = torch.randn(B, 3, 2 * h, 2 * w, generator=g), torch.randn(B, 3, 2 * h, 2 * w, generator=g)
+    labels = torch.randint(0, 3, (B, 4 * h, 4 * w), generator=g)
+    labels[torch.rand(labels.shape, generator=g) < 0.3] = 255
+    crit = SPEEDLoss()
+    from_labels = crit(zs, zt, fs, ft, labels)
+    from_mask = crit(zs, zt, fs, ft, labels != 255)
+    torch.testing.assert_close(from_labels, from_mask)
+    pre_resized = (relation_distillation(fs, ft, resize_nearest(labels != 255, (h, w)))
+                   + logit_distillation(zs, zt, resize_nearest(labels != 255, (2 * h, 2 * w))))
+    torch.testing.assert_close(from_mask, pre_resized)
+
+
+def test_all_ignored_batch_gives_a_connected_zero_and_edge_cases_stay_finite():
+    fs = torch.randn(2, 8, 5, 5, requires_grad=True)
+    zs = torch.randn(2, 4, 5, 5, requires_grad=True)
+    none = torch.full((2, 5, 5), 255)
+    loss = SPEEDLoss()(zs, torch.randn(2, 4, 5, 5), fs, torch.randn(2, 8, 5, 5), none)
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert torch.equal(fs.grad, torch.zeros_like(fs)) and torch.equal(zs.grad, torch.zeros_like(zs))
+    # huge logits, one-hot and uniform teachers, zero feature vectors
+    for teacher in (torch.randn(2, 4, 5, 5) * 1e4, torch.zeros(2, 4, 5, 5),
+                    torch.nn.functional.one_hot(torch.randint(0, 4, (2, 5, 5)), 4).permute(0, 3, 1, 2) * 1e4):
+        s = (torch.randn(2, 4, 5, 5) * 1e4).requires_grad_()
+        f = torch.zeros(2, 8, 5, 5, requires_grad=True)
+        out = SPEEDLoss()(s, teacher.float(), f, torch.zeros(2, 8, 5, 5))
+        out.backward()
+        assert torch.isfinite(out) and torch.isfinite(s.grad).all() and torch.isfinite(f.grad).all()
+
+
+def test_weights_combine_terms_and_switch_inputs_off():
+    g = torch.Generator().manual_seed(0)
+    zs, zt = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 3, 4, 4, generator=g)
+    fs, ft = torch.randn(2, 5, 2, 2, generator=g), torch.randn(2, 7, 2, 2, generator=g)
+    total, terms = SPEEDLoss(0.25, 2.0)(zs, zt, fs, ft, return_terms=True)
+    torch.testing.assert_close(total, 0.25 * terms["relation"] + 2.0 * terms["logit"])
+    torch.testing.assert_close(SPEEDLoss(feature_weight=0)(zs, zt), 1.0 * terms["logit"])
+    torch.testing.assert_close(SPEEDLoss(logit_weight=0)(None, None, fs, ft), terms["relation"])
+
+
+def test_loss_errors_name_the_argument_and_shapes():
+    z, f = torch.randn(2, 3, 4, 4), torch.randn(2, 5, 4, 4)
+    crit = SPEEDLoss()
+    with pytest.raises(ValueError, match=r"student_logits and teacher_logits must share \(B, K, h, w\): "
+                                         r"got \(2, 3, 4, 4\) and \(2, 4, 4, 4\)"):
+        crit(z, torch.randn(2, 4, 4, 4), f, f)
+    with pytest.raises(ValueError, match=r"student_features and teacher_features must share \(B, \*, h, w\)"):
+        crit(z, z, f, torch.randn(2, 5, 3, 4))
+    with pytest.raises(ValueError, match=r"student_features must be 4-D, got shape \(2, 5, 16\)"):
+        crit(z, z, f.flatten(2), f)
+    with pytest.raises(ValueError, match=r"valid has batch size 3 but the inputs have 2"):
+        crit(z, z, f, f, torch.ones(3, 4, 4, dtype=torch.bool))
+    with pytest.raises(TypeError, match="valid must be a bool mask or an integer label map"):
+        crit(z, z, f, f, torch.ones(2, 4, 4))
+    with pytest.raises(ValueError, match="feature_weight > 0 needs student_features"):
+        crit(z, z)
+    with pytest.raises(ValueError, match=r"teacher_logits contains non-finite values \(shape \(2, 3, 4, 4\)\)"):
+        crit(z, z * math.inf, f, f)
+    with pytest.raises(ValueError, match="feature_weight must be a finite number >= 0"):
+        SPEEDLoss(feature_weight=-1)
+    with pytest.raises(ValueError, match="both 0"):
+        SPEEDLoss(0, 0)
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        SPEEDLoss(temperature=0)
+    with pytest.raises(ValueError, match="method must be one of"):
+        relation_distillation(f, f, method="fast")
