@@ -56,30 +56,38 @@ def set_compile(enabled: bool) -> None:
     _COMPILE["enabled"] = bool(enabled)
 
 
-def _fast(fn: Callable[..., Tensor], *args) -> Tensor:
+def _fast(eager: Callable[..., Tensor], fused: Callable[..., Tensor], *args) -> Tensor:
+    """``torch.compile(fused)(*args)`` when the fast path is on, else ``eager(*args)``."""
     if not _COMPILE["enabled"] or torch.compiler.is_compiling():
-        return fn(*args)
-    compiled = _COMPILED.get(fn)
+        return eager(*args)
+    compiled = _COMPILED.get(fused)
     if compiled is None:
-        compiled = _COMPILED[fn] = torch.compile(fn, dynamic=True)
+        compiled = _COMPILED[fused] = torch.compile(fused, dynamic=True)
     try:
         return compiled(*args)
     except Exception as err:  # a missing C++ compiler / triton must not break training
         _COMPILE["enabled"] = False
         warnings.warn(f"entropymix: torch.compile fast path disabled ({type(err).__name__}: {err}); "
                       "using eager entropy", RuntimeWarning, stacklevel=3)
-        return fn(*args)
+        return eager(*args)
 
 
-def _entropy_kernel(probs: Tensor) -> Tensor:
-    # entr(p) = -p log p with entr(0) = 0; float32 accumulation whatever the input dtype.
+def _entropy_eager(probs: Tensor) -> Tensor:
+    # entr(p) = -p log p with entr(0) = 0 is one eager kernel; float32 whatever the input dtype.
     return torch.special.entr(probs.float()).sum(1)
 
 
-def _entropy_logits_kernel(logits: Tensor) -> Tensor:
+def _entropy_fused(probs: Tensor) -> Tensor:
+    # Same values as _entropy_eager; written with where() because inductor vectorises it, while
+    # its lowering of entr() checks NaN element by element.
+    p = probs.float()
+    return torch.where(p > 0, -p * p.log(), 0.0).sum(1)
+
+
+def _entropy_logits(logits: Tensor) -> Tensor:
     logp = torch.log_softmax(logits.float(), dim=1)
     # -sum p log p, written so that p = 0 (logit -inf) contributes 0, not 0 * -inf = NaN.
-    return -torch.where(logp > -math.inf, logp.exp() * logp, 0.0).sum(1)
+    return torch.where(logp > -math.inf, -logp.exp() * logp, 0.0).sum(1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -142,7 +150,7 @@ def entropy(probs: Tensor, *, check_values: bool = True) -> Tensor:
     _check_tensor("probs", probs, ndim=(4,), floating=True)
     if check_values:
         _check_probs_values("probs", probs)
-    return _fast(_entropy_kernel, probs)
+    return _fast(_entropy_eager, _entropy_fused, probs)
 
 
 def entropy_from_logits(logits: Tensor, *, check_values: bool = True) -> Tensor:
@@ -159,7 +167,7 @@ def entropy_from_logits(logits: Tensor, *, check_values: bool = True) -> Tensor:
     _check_tensor("logits", logits, ndim=(4,), floating=True)
     if check_values and bool((torch.isnan(logits) | (logits == math.inf)).any()):
         raise ValueError(f"logits contains NaN or +inf (shape {_shape(logits)})")
-    return _fast(_entropy_logits_kernel, logits)
+    return _fast(_entropy_logits, _entropy_logits, logits)
 
 
 # ----------------------------------------------------------------------------------------------
