@@ -237,7 +237,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true", help="small sizes, few repeats (a smoke run)")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--repeat", type=int, default=None, help="timed runs per figure (default 15, quick 3)")
-    ap.add_argument("--sections", default="mix,relation", help="comma list of: mix, relation, step")
+    ap.add_argument("--sections", default="mix,relation,step", help="comma list of: mix, relation, step")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile fast-path rows")
     ap.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/speed-<dev>.json)")
@@ -272,7 +272,8 @@ def main(argv=None) -> dict:
             budget = (torch.cuda.mem_get_info()[0] / 2**30 * 0.8) if cuda else 8.0
             for side in sides:
                 result["relation"] += bench_relation(dev, B, 256, side, max(1, repeat // 3), budget)
-        if "step" in sections:
+        if "step" in sections and not args.memory_only:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
             from step_overhead import bench_step  # needs the example model
             result["step"] += bench_step(dev, quick=args.quick, repeat=repeat)
     if args.memory_only:
@@ -289,7 +290,7 @@ def main(argv=None) -> dict:
         print("\n### Relation term, forward + backward: exact Gram form vs naive N x N form\n")
         print(relation_table(result["relation"]))
     if result["step"]:
-        from step_overhead import step_table
+        from step_overhead import step_table  # noqa: E402
         print("\n### Overhead in one UniMatch training step of the example model\n")
         print(step_table(result["step"]))
     tag = "+".join(d.type for d in devices) + ("-quick" if args.quick else "")

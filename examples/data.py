@@ -1,0 +1,216 @@
+"""Datasets for the examples.
+
+- ``shapes``: the embedded default. Textured shapes on textured backgrounds, generated
+  deterministically from a seed (nothing to download). The class is the shape (disk, square,
+  triangle, ring, cross); colours and textures are drawn independently of it, so only shape
+  tells classes apart, and a handful of labels is not enough to learn that.
+- ``pascal`` / ``cityscapes``: UniMatch's directory layout and split files. A split line is
+  ``IMAGE_PATH MASK_PATH`` relative to the data root (e.g. ``JPEGImages/2007_000032.jpg
+  SegmentationClass/2007_000032.png``) or a bare PASCAL id. Masks use 255 for ignore.
+
+Every training sample gets UniMatch's weak augmentation (random rescale, crop with ignore
+padding, horizontal flip); the strong photometric views are made on-device, batched, by the
+training loop.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+IGNORE = 255
+SHAPE_CLASSES = ("background", "disk", "square", "triangle", "ring", "cross")
+NUM_CLASSES = {"shapes": len(SHAPE_CLASSES), "pascal": 21, "cityscapes": 19}
+
+
+# --- the embedded default dataset ---------------------------------------------------------------
+
+def _texture(g: torch.Generator, n: int, size: int, striped: float = 0.5,
+             bright: Tuple[float, float] = (0.0, 1.0)) -> Tensor:
+    """``(n, 3, size, size)`` random two-colour stripes (a ``striped`` share) or colour noise.
+
+    Colours are uniform in ``bright`` per channel: the class never depends on them."""
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
+                            indexing="ij")
+    lo, hi = bright
+    c1 = lo + (hi - lo) * torch.rand(n, 3, 1, 1, generator=g)
+    c2 = lo + (hi - lo) * torch.rand(n, 3, 1, 1, generator=g)
+    theta = torch.rand(n, 1, 1, generator=g) * math.pi
+    freq = 0.2 + torch.rand(n, 1, 1, generator=g) * 0.9
+    phase = torch.rand(n, 1, 1, generator=g) * 2 * math.pi
+    stripes = (torch.sin(freq * (xx * torch.cos(theta) + yy * torch.sin(theta)) + phase) > 0).float()[:, None]
+    sharp = torch.rand(n, 1, 1, 1, generator=g) < striped  # the others are flat-ish colour noise
+    stripes = torch.where(sharp, stripes, torch.full_like(stripes, 0.5))
+    noise = F.interpolate(torch.rand(n, 1, size // 8 + 1, size // 8 + 1, generator=g), size=(size, size),
+                          mode="bilinear", align_corners=False)
+    return (c1 * stripes + c2 * (1 - stripes) + 0.3 * (noise - 0.5)).clamp(0, 1)
+
+
+def _shape_masks(g: torch.Generator, n: int, size: int, classes: Tensor) -> Tensor:
+    """``(n, size, size)`` bool masks of one shape per image, of the given classes (1..5)."""
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
+                            indexing="ij")
+    r = size * (0.16 + 0.14 * torch.rand(n, 1, 1, generator=g))
+    cy = r + (size - 2 * r) * torch.rand(n, 1, 1, generator=g)
+    cx = r + (size - 2 * r) * torch.rand(n, 1, 1, generator=g)
+    a = torch.rand(n, 1, 1, generator=g) * 2 * math.pi
+    dy, dx = yy - cy, xx - cx
+    u, v = dx * torch.cos(a) + dy * torch.sin(a), -dx * torch.sin(a) + dy * torch.cos(a)
+    dist = torch.sqrt(u * u + v * v)
+    tri = torch.stack([u * math.cos(t) + v * math.sin(t) for t in (math.pi / 2, math.pi * 7 / 6, math.pi * 11 / 6)])
+    shapes = torch.stack([
+        dist <= r,                                                                  # 1 disk
+        torch.maximum(u.abs(), v.abs()) <= 0.8 * r,                                 # 2 square
+        tri.amax(0) <= 0.55 * r,                                                    # 3 triangle
+        (dist <= r) & (dist >= 0.55 * r),                                           # 4 ring
+        ((u.abs() <= 0.3 * r) & (v.abs() <= r)) | ((v.abs() <= 0.3 * r) & (u.abs() <= r)),  # 5 cross
+    ])
+    return shapes.gather(0, (classes - 1).view(1, n, 1, 1).expand(1, n, size, size))[0]
+
+
+def make_shapes(num: int, size: int = 64, seed: int = 0, max_shapes: int = 3) -> Tuple[Tensor, Tensor]:
+    """``num`` images ``(num, 3, size, size)`` float in [0, 1] and labels ``(num, size, size)`` int64."""
+    g = torch.Generator().manual_seed(seed)
+    # Backgrounds are darker and calmer than shapes: where a shape is is easy, which shape it is is not.
+    images = _texture(g, num, size, striped=0.3, bright=(0.0, 0.55))
+    labels = torch.zeros(num, size, size, dtype=torch.long)
+    count = torch.randint(1, max_shapes + 1, (num,), generator=g)
+    for s in range(max_shapes):  # shapes are painted in turn, later ones occluding earlier ones
+        cls = torch.randint(1, len(SHAPE_CLASSES), (num,), generator=g)
+        mask = _shape_masks(g, num, size, cls) & (s < count).view(-1, 1, 1)
+        images = torch.where(mask[:, None], _texture(g, num, size, striped=0.15, bright=(0.35, 1.0)), images)
+        labels = torch.where(mask, cls.view(-1, 1, 1), labels)
+    images = (images + 0.06 * torch.randn(images.shape, generator=g)).clamp(0, 1)
+    return images, labels
+
+
+# --- weak augmentation (UniMatch: resize, crop, flip) ---------------------------------------------
+
+def weak_augment(img: Tensor, mask: Tensor, crop: int, g: torch.Generator,
+                 scale: Tuple[float, float] = (0.5, 2.0)) -> Tuple[Tensor, Tensor]:
+    """Random rescale, crop to ``crop`` x ``crop`` (padding: image 0, mask 255), random h-flip."""
+    h, w = mask.shape
+    s = scale[0] + (scale[1] - scale[0]) * torch.rand((), generator=g).item()
+    nh, nw = max(1, int(h * s + 0.5)), max(1, int(w * s + 0.5))
+    img = F.interpolate(img[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+    mask = F.interpolate(mask[None, None].float(), size=(nh, nw), mode="nearest")[0, 0].long()
+    ph, pw = max(0, crop - nh), max(0, crop - nw)
+    img = F.pad(img, (0, pw, 0, ph), value=0.0)
+    mask = F.pad(mask, (0, pw, 0, ph), value=IGNORE)
+    y = torch.randint(0, mask.shape[0] - crop + 1, (), generator=g).item()
+    x = torch.randint(0, mask.shape[1] - crop + 1, (), generator=g).item()
+    img, mask = img[:, y:y + crop, x:x + crop], mask[y:y + crop, x:x + crop]
+    if torch.rand((), generator=g).item() < 0.5:
+        img, mask = img.flip(-1), mask.flip(-1)
+    return img.contiguous(), mask.contiguous()
+
+
+# --- datasets -----------------------------------------------------------------------------------
+
+class SemiDataset(Dataset):
+    """Samples for one role of a semi-supervised run.
+
+    ``mode="labeled"`` -> ``(image, mask)``; ``"unlabeled"`` -> ``(image, ignore_mask)`` with 255
+    on padding (labels are never read); ``"val"`` -> ``(image, mask)`` without augmentation.
+    ``nsample`` repeats the list to that length (UniMatch repeats the labeled set to match the
+    unlabeled one). Augmentation randomness comes from ``seed``, the epoch and the index, so a
+    run is reproducible and resumable with any number of workers or processes.
+    """
+
+    def __init__(self, images, masks, mode: str, crop: int, seed: int = 0, nsample: Optional[int] = None,
+                 loader=None, scale: Tuple[float, float] = (0.5, 2.0)) -> None:
+        self.images, self.masks, self.mode, self.crop, self.seed = images, masks, mode, crop, seed
+        self.scale = scale
+        self.loader = loader
+        self.n = len(images)
+        self.length = max(self.n, nsample or 0)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _load(self, i: int) -> Tuple[Tensor, Tensor]:
+        if self.loader is None:
+            return self.images[i], self.masks[i]
+        return self.loader(self.images[i], self.masks[i])
+
+    def __getitem__(self, index: int):
+        img, mask = self._load(index % self.n)
+        if self.mode == "val":
+            return img, mask
+        key = ((self.seed * 1_000_003 + self.epoch) * 3 + (self.mode == "unlabeled")) * 10_000_019 + index
+        g = torch.Generator().manual_seed(key % (2**63 - 1))
+        if self.mode == "unlabeled":
+            mask = torch.zeros_like(mask)  # only the padding of the crop is ignored
+        return weak_augment(img, mask, self.crop, g, self.scale)
+
+
+def shapes_splits(num_labeled: int, num_unlabeled: int, num_val: int, size: int, seed: int):
+    """Deterministic labeled / unlabeled / validation tensors of the embedded dataset.
+
+    The data seed is fixed (the dataset is the same for every run); ``seed`` picks which images
+    are labeled, as a split file would.
+    """
+    images, labels = make_shapes(num_labeled + num_unlabeled, size, seed=1234)
+    val_images, val_labels = make_shapes(num_val, size, seed=4321)
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    lab, unl = perm[:num_labeled], perm[num_labeled:]
+    return (images[lab], labels[lab]), (images[unl], labels[unl]), (val_images, val_labels)
+
+
+# --- real layouts -------------------------------------------------------------------------------
+
+def read_split(path: str) -> List[Tuple[str, str]]:
+    """Lines ``IMAGE MASK`` (UniMatch) or a bare PASCAL id -> ``[(image_rel, mask_rel)]``."""
+    pairs = []
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) == 1:
+                parts = [f"JPEGImages/{parts[0]}.jpg", f"SegmentationClass/{parts[0]}.png"]
+            pairs.append((parts[0], parts[1]))
+    if not pairs:
+        raise ValueError(f"split file {path} lists no samples")
+    return pairs
+
+
+def image_loader(root: str, dataset: str):
+    """A picklable loader reading ``(image float [0, 1] (3, H, W), mask int64 (H, W))`` with Pillow."""
+    return _ImageLoader(root, dataset)
+
+
+class _ImageLoader:
+    def __init__(self, root: str, dataset: str) -> None:
+        self.root, self.dataset = root, dataset
+
+    def __call__(self, image_rel: str, mask_rel: str) -> Tuple[Tensor, Tensor]:
+        from PIL import Image  # examples extra
+
+        img = np.asarray(Image.open(os.path.join(self.root, image_rel)).convert("RGB"), dtype=np.uint8)
+        mask_path = os.path.join(self.root, mask_rel)
+        if os.path.exists(mask_path):
+            # PASCAL masks are palette PNGs: the palette index is the class, 255 the boundary.
+            mask = torch.from_numpy(np.array(Image.open(mask_path), dtype=np.int64))
+        else:  # unlabeled entries need no mask
+            mask = torch.zeros(img.shape[:2], dtype=torch.long)
+        return torch.from_numpy(img.copy()).permute(2, 0, 1).float() / 255, mask
+
+
+def real_splits(dataset: str, root: str, labeled_ids: str, unlabeled_ids: str, val_ids: str):
+    lab, unl, val = read_split(labeled_ids), read_split(unlabeled_ids), read_split(val_ids)
+
+    def cols(pairs):
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+    return cols(lab), cols(unl), cols(val), image_loader(root, dataset)
