@@ -76,8 +76,8 @@ class MixPlan:
         gh, gw = self.grid
         dev = self.index.device
         # Pixels per cell = (rows in cell row) x (cols in cell column); no full-size map needed.
-        rows = torch.bincount(F._cells(h, gh, dev), minlength=gh).double()
-        cols = torch.bincount(F._cells(w, gw, dev), minlength=gw).double()
+        rows = F._assignment(h, gh, dev).sum(1).double()
+        cols = F._assignment(w, gw, dev).sum(1).double()
         weight = (rows[:, None] * cols[None, :]) / (h * w)
         onehot = nn.functional.one_hot(self.index, self.num_views).double()
         return (onehot * weight[None, :, :, None]).sum((1, 2)).float()
@@ -106,7 +106,7 @@ def _mix_flags(plan: Tensor, p: float, generator: Optional[torch.Generator]) -> 
     """Keep view 0 everywhere in the samples that are not mixed (probability ``1 - p``)."""
     if p >= 1.0:
         return plan
-    keep = F._rand_like((plan.shape[0],), plan.device, generator) >= p
+    keep = F._uniform((plan.shape[0],), plan.device, generator) >= p
     return plan.masked_fill(keep.view(-1, *([1] * (plan.dim() - 1))), 0)
 
 

@@ -191,7 +191,7 @@ def test_select_sample_respects_valid_and_generator():
 
 def test_select_errors():
     E = torch.rand(2, 1, 2, 2)
-    with pytest.raises(ValueError, match="select must be one of"):
+    with pytest.raises(ValueError, match="mode must be one of"):
         F.select_views(E, "median")
     with pytest.raises(ValueError, match="temperature must be"):
         F.select_views(E, "sample", 0.0)
