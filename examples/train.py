@@ -378,8 +378,9 @@ def save_figures(model, loader, history, out: Path, device) -> None:
     vmax = max(int(pred.max()), int(mask.masked_fill(mask == IGNORE, 0).max()), 1)
     for j in range(n):
         m = mask[j].float().masked_fill(mask[j] == IGNORE, float("nan"))
-        for row, (title, data) in enumerate((("image", img[j].permute(1, 2, 0)), ("label", m), ("prediction", pred[j]))):
-            axes[row, j].imshow(data, **({} if row == 0 else {"cmap": "tab20", "vmin": 0, "vmax": vmax,
+        panels = (("image", img[j].permute(1, 2, 0)), ("label", m), ("prediction", pred[j]))
+        for row, (title, data) in enumerate(panels):
+            axes[row, j].imshow(data.numpy(), **({} if row == 0 else {"cmap": "tab20", "vmin": 0, "vmax": vmax,
                                                                 "interpolation": "nearest"}))
             axes[row, j].set_axis_off()
             axes[row, j].set_title(title, fontsize=8)
