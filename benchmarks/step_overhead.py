@@ -7,6 +7,7 @@ optimizer step) on random data; the same step with CutMix and without SPEEDLoss 
 
 from __future__ import annotations
 
+import statistics
 import sys
 from argparse import Namespace
 from pathlib import Path
@@ -43,17 +44,24 @@ def bench_step(device: torch.device, quick: bool, repeat: int) -> List[Dict]:
                                                    EntropyMix(4, "sample", check_values=False)),
                                                   SPEEDLoss(check_values=False)),
         }
-        base = None
+        steps = {}
         for name, (mixers, speed) in variants.items():
-            gen = torch.Generator().manual_seed(0)
-
-            def step():
+            def step(mixers=mixers, speed=speed, gen=torch.Generator().manual_seed(0)):
                 loss, _ = training_loss(model, batch, args, mixers, speed, strong, gen)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-            ms = time_ms(step, device, max(3, repeat // 3), warmup=2)
-            base = base or ms
+            steps[name] = step
+        # Variants take turns, so that drift of the machine's speed hits them alike.
+        times = {name: [] for name in steps}
+        for r in range(2 + max(3, repeat // 3)):
+            for name, step in steps.items():
+                t = time_ms(step, device, repeat=1, warmup=0)
+                if r >= 2:  # the first two rounds are warm-up
+                    times[name].append(t)
+        base = statistics.median(times["UniMatch + CutMix"])
+        for name, ts in times.items():
+            ms = statistics.median(ts)
             rows.append({"device": device.type, "B": B, "size": size, "K": K, "variant": name, "ms": ms,
                          "overhead": (ms - base) / ms})
     return rows

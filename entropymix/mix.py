@@ -128,6 +128,10 @@ class EntropyMix(nn.Module):
         check_values: check probabilities for non-finite values and the simplex (synchronises
             with the device; switch off in synchronisation-free GPU loops).
 
+    The per-pixel entropy runs through ``torch.compile`` by default (see
+    :func:`entropymix.functional.set_compile`); pass the teacher's probabilities at its output
+    stride, before upsampling, to make it cheaper still.
+
     Shapes:
         - views: V >= 2 tensors ``(B, C, H, W)`` of one dtype and device.
         - probs: V tensors ``(B, K, h, w)`` (``(h, w)`` may differ from ``(H, W)``), or ``logits=``.
