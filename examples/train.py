@@ -42,6 +42,7 @@ from data import IGNORE, NUM_CLASSES, SHAPE_CLASSES, SemiDataset, real_splits, s
 from model import DeepLabV3Plus  # noqa: E402
 
 from entropymix import CutMix, EntropyMix, SPEEDLoss  # noqa: E402
+from entropymix.functional import set_compile  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -264,8 +265,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     rank, world, device = setup_distributed()
     torch.manual_seed(args.seed + rank)
-    from entropymix import functional as EF
-    EF.set_compile(args.compile_entropy)
+    set_compile(args.compile_entropy)
     out = Path(args.out_dir)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -297,8 +297,9 @@ def main(argv=None) -> dict:
         net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch, history, best = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"]
-        torch.set_rng_state(ckpt["rng"])
-        mix_gen.set_state(ckpt["mix_rng"])
+        rng, mix_rng = ckpt["rng"][rank]  # every rank continues its own random streams
+        torch.set_rng_state(rng)
+        mix_gen.set_state(mix_rng)
         if rank == 0:
             print(f"resumed from {ckpt_path} at epoch {start_epoch}")
     progress = rank == 0 and not args.no_progress
@@ -335,13 +336,15 @@ def main(argv=None) -> dict:
                   "loss_fp": sums[3].item(), "loss_speed": sums[4].item(), "miou": miou, "iou": ious,
                   "lr": lr, "seconds": time.time() - t0}
         history.append(record)
+        rng = [(torch.get_rng_state(), mix_gen.get_state())] * world
+        if world > 1:
+            dist.all_gather_object(rng, rng[0])
         if rank == 0:
             print(f"epoch {epoch + 1:3d}/{args.epochs}  loss {record['loss']:.4f}  (x {record['loss_x']:.3f}  "
                   f"s {record['loss_s']:.3f}  fp {record['loss_fp']:.3f}  speed {record['loss_speed']:.4f})  "
                   f"mIoU {miou:5.2f}  best {best:5.2f}  {record['seconds']:.0f}s", flush=True)
             torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                        "history": history, "best": best, "args": vars(args), "rng": torch.get_rng_state(),
-                        "mix_rng": mix_gen.get_state()}, ckpt_path)
+                        "history": history, "best": best, "args": vars(args), "rng": rng}, ckpt_path)
     result = {"args": vars(args), "world_size": world, "history": history, "best_miou": best,
               "final_miou": history[-1]["miou"] if history else None,
               "classes": list(SHAPE_CLASSES) if args.dataset == "shapes" else None}

@@ -51,15 +51,18 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
         assert a["loss"] == b["loss"] and a["miou"] == b["miou"]
 
 
-def test_two_process_ddp_run(tmp_path):
+def test_two_process_ddp_run_and_resume(tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(EXAMPLES / "train.py"), *TINY, "--epochs", "1", "--out-dir", str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+           str(EXAMPLES / "train.py"), *TINY, "--epochs", "2", "--out-dir", str(out)]
+    for extra in (["--stop-after", "1"], ["--resume"]):
+        proc = subprocess.run(cmd + extra, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "resumed from" in proc.stdout
     res = json.loads((out / "results.json").read_text())
-    assert res["world_size"] == 2 and np.isfinite(res["history"][0]["loss"])
+    assert res["world_size"] == 2 and [h["epoch"] for h in res["history"]] == [1, 2]
+    assert all(np.isfinite(h["loss"]) for h in res["history"])
 
 
 def _fake_voc(root: Path, n: int = 6):
