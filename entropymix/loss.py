@@ -89,13 +89,17 @@ def logit_distillation(student_logits: Tensor, teacher_logits: Tensor, valid: Op
     mask = _valid_mask(valid, B, (h, w), ignore_index, student_logits.device)
     s = _wide(student_logits)
     t = _wide(teacher_logits.detach())
-    log_q = torch.log_softmax(t / temperature, dim=1)
-    log_p = torch.log_softmax(s / temperature, dim=1)
-    kl = (log_q.exp() * (log_q - log_p)).sum(1) * temperature ** 2          # (B, h, w)
+    log_q = torch.log_softmax(t / temperature if temperature != 1 else t, dim=1)
+    log_p = torch.log_softmax(s / temperature if temperature != 1 else s, dim=1)
+    q = log_q.exp()
+    # KL = sum q log q - sum q log p: two fused reductions, and sum q log q is -H(teacher) at T = 1.
+    q_log_q = (q * log_q).sum(1)                                           # (B, h, w)
+    kl = (q_log_q - (q * log_p).sum(1)) * temperature ** 2
     if entropy_weighting and K > 1:
-        log_t = torch.log_softmax(t, dim=1)
-        ent = -(log_t.exp() * log_t).sum(1)
-        kl = kl * (1 - ent / math.log(K)).clamp(0, 1)
+        if temperature != 1:
+            log_t = torch.log_softmax(t, dim=1)
+            q_log_q = (log_t.exp() * log_t).sum(1)
+        kl = kl * (1 + q_log_q / math.log(K)).clamp(0, 1)
     # where, not multiply: an ignored pixel contributes an exact zero and no gradient.
     total = torch.where(mask, kl, 0.0).sum()
     return total / mask.sum().clamp_min(1)
