@@ -112,6 +112,28 @@ def _normalised_rows(features: Tensor, mask: Tensor) -> Tensor:
     return f * mask.flatten(1)[:, :, None]
 
 
+class _GramRelation(torch.autograd.Function):
+    """``||F_s F_s^T - F_t F_t^T||_F^2`` per image through ``D x D`` Gram matrices.
+
+    Autograd would differentiate both operands of ``F_s^T F_s`` (two GEMMs) and ``F_s^T F_t``
+    (a third); the gradient ``4 (F_s G_ss - F_t G_st^T)`` takes two, and nothing flows to the
+    teacher.
+    """
+
+    @staticmethod
+    def forward(ctx, fs: Tensor, ft: Tensor) -> Tensor:                    # (B, N, Ds), (B, N, Dt)
+        g_ss, g_st, g_tt = fs.mT @ fs, fs.mT @ ft, ft.mT @ ft
+        ctx.save_for_backward(fs, ft, g_ss, g_st)
+        return g_ss.square().sum((1, 2)) - 2 * g_st.square().sum((1, 2)) + g_tt.square().sum((1, 2))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        fs, ft, g_ss, g_st = ctx.saved_tensors
+        grad_fs = torch.baddbmm(fs @ g_ss, ft, g_st.mT, alpha=-1)
+        return grad_fs * (4 * grad)[:, None, None], None
+
+
 def _relation_cost(n: int, d_s: int, d_t: int) -> Tuple[int, int]:
     gram = n * (d_s * d_s + d_s * d_t + d_t * d_t)
     naive = n * n * (d_s + d_t + 1)
@@ -156,8 +178,7 @@ def relation_distillation(student_features: Tensor, teacher_features: Tensor, va
         gram_cost, naive_cost = _relation_cost(h * w, d_s, d_t)
         method = "gram" if gram_cost <= naive_cost else "naive"
     if method == "gram":
-        gs, gt = fs.transpose(1, 2), ft.transpose(1, 2)                     # (B, D, N)
-        sq = (gs @ fs).square().sum((1, 2)) - 2 * (gs @ ft).square().sum((1, 2)) + (gt @ ft).square().sum((1, 2))
+        sq = _GramRelation.apply(fs, ft)
     else:
         sq = (fs @ fs.transpose(1, 2) - ft @ ft.transpose(1, 2)).square().sum((1, 2))
     n = mask.flatten(1).sum(1)
