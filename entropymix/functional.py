@@ -132,6 +132,11 @@ def _check_probs_values(name: str, probs: Tensor, dim: int = 1) -> None:
                          f"(shape {_shape(probs)}); pass logits= for unnormalised scores")
 
 
+def _check_logits_values(name: str, logits: Tensor) -> None:
+    if bool((torch.isnan(logits) | (logits == math.inf)).any()):
+        raise ValueError(f"{name} contains NaN or +inf (shape {_shape(logits)})")
+
+
 # ----------------------------------------------------------------------------------------------
 # Entropy
 # ----------------------------------------------------------------------------------------------
@@ -165,8 +170,8 @@ def entropy_from_logits(logits: Tensor, *, check_values: bool = True) -> Tensor:
         ``(B, h, w)`` float32 entropy in ``[0, log K]``.
     """
     _check_tensor("logits", logits, ndim=(4,), floating=True)
-    if check_values and bool((torch.isnan(logits) | (logits == math.inf)).any()):
-        raise ValueError(f"logits contains NaN or +inf (shape {_shape(logits)})")
+    if check_values:
+        _check_logits_values("logits", logits)
     return _fast(_entropy_logits, _entropy_logits, logits)
 
 

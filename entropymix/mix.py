@@ -198,17 +198,17 @@ class EntropyMix(nn.Module):
             raise ValueError(f"{name}[0] has batch size {first.shape[0]} but views have {B}: {name}[0] is {_shape(first)}")
         if self.grid[0] > h or self.grid[1] > w:
             raise ValueError(f"grid {self.grid} is larger than {name} maps (h, w) = {(h, w)}")
-        ent_fn = F.entropy if name == "probs" else F.entropy_from_logits
+        ent_fn, check = ((F.entropy, F._check_probs_values) if name == "probs"
+                         else (F.entropy_from_logits, F._check_logits_values))
         cells: List[Tensor] = []
         nonempty: List[Tensor] = []
         for v in range(V):
             m = _check_tensor(f"{name}[{v}]", maps[v], ndim=(4,), floating=True)
             if m.shape != first.shape:
                 raise ValueError(f"{name} must share one shape: {name}[0] is {_shape(first)}, {name}[{v}] is {_shape(m)}")
-            try:
-                ent = ent_fn(m, check_values=self.check_values)
-            except ValueError as err:
-                raise ValueError(str(err).replace(name, f"{name}[{v}]", 1)) from None
+            if self.check_values:
+                check(f"{name}[{v}]", m)
+            ent = ent_fn(m, check_values=False)
             mask = None if valid is None else valid[v]
             if mask is not None:
                 _check_tensor(f"valid[{v}]", mask, ndim=(3,))
