@@ -214,22 +214,36 @@ def fmt(v, spec=".2f"):
     return "-" if v is None else format(v, spec)
 
 
-def mix_table(rows):
-    out = ["| device | B x HxW, K | V | dtype | method | ms | x baseline | peak MiB |",
-           "|---|---|---|---|---|---:|---:|---:|"]
-    for r in rows:
-        out.append(f"| {r['device']} | {r['B']} x {r['H']}x{r['H']}, {r['K']} | {r['V']} | {r['dtype']} | "
-                   f"{r['method']} | {fmt(r['ms'])} | {fmt(r['ratio'])} | {fmt(r['peak_mb'], '.1f')} |")
+def markdown_table(rows, columns) -> str:
+    """``columns``: ``(header, right_aligned, cell(row) -> str)`` triples."""
+    out = ["| " + " | ".join(h for h, _, _ in columns) + " |",
+           "|" + "|".join("---:" if right else "---" for _, right, _ in columns) + "|"]
+    out += ["| " + " | ".join(cell(r) for _, _, cell in columns) + " |" for r in rows]
     return "\n".join(out)
 
 
-def relation_table(rows):
-    out = ["| device | B | D | features | N | form | fwd+bwd ms | speed-up | peak MiB | note |",
-           "|---|---|---|---|---|---|---:|---:|---:|---|"]
-    for r in rows:
-        out.append(f"| {r['device']} | {r['B']} | {r['D']} | {r['side']}x{r['side']} | {r['N']} | {r['method']} | "
-                   f"{fmt(r['ms'])} | {fmt(r.get('speedup_vs_naive'), '.1f')} | {fmt(r['peak_mb'], '.1f')} | {r['note']} |")
-    return "\n".join(out)
+MIX_COLUMNS = [
+    ("device", False, lambda r: r["device"]),
+    ("B x HxW, K", False, lambda r: f"{r['B']} x {r['H']}x{r['H']}, {r['K']}"),
+    ("V", False, lambda r: str(r["V"])),
+    ("dtype", False, lambda r: r["dtype"]),
+    ("method", False, lambda r: r["method"]),
+    ("ms", True, lambda r: fmt(r["ms"])),
+    ("x baseline", True, lambda r: fmt(r["ratio"])),
+    ("peak MiB", True, lambda r: fmt(r["peak_mb"], ".1f")),
+]
+RELATION_COLUMNS = [
+    ("device", False, lambda r: r["device"]),
+    ("B", False, lambda r: str(r["B"])),
+    ("D", False, lambda r: str(r["D"])),
+    ("features", False, lambda r: f"{r['side']}x{r['side']}"),
+    ("N", False, lambda r: str(r["N"])),
+    ("form", False, lambda r: r["method"]),
+    ("fwd+bwd ms", True, lambda r: fmt(r["ms"])),
+    ("speed-up", True, lambda r: fmt(r.get("speedup_vs_naive"), ".1f")),
+    ("peak MiB", True, lambda r: fmt(r["peak_mb"], ".1f")),
+    ("note", False, lambda r: r["note"]),
+]
 
 
 def main(argv=None) -> dict:
@@ -285,14 +299,14 @@ def main(argv=None) -> dict:
                 row["peak_mb"] = mem["peak_mb"]
     if result["mix"]:
         print("\n### EntropyMix vs alternatives (ratio: time / UniMatch boolean-index CutMix boxing every sample; for V=4, / the torch.where floor)\n")
-        print(mix_table(result["mix"]))
+        print(markdown_table(result["mix"], MIX_COLUMNS))
     if result["relation"]:
         print("\n### Relation term, forward + backward: exact Gram form vs naive N x N form\n")
-        print(relation_table(result["relation"]))
+        print(markdown_table(result["relation"], RELATION_COLUMNS))
     if result["step"]:
-        from step_overhead import step_table  # noqa: E402
+        from step_overhead import STEP_COLUMNS  # noqa: E402
         print("\n### Overhead in one UniMatch training step of the example model\n")
-        print(step_table(result["step"]))
+        print(markdown_table(result["step"], STEP_COLUMNS))
     tag = "+".join(d.type for d in devices) + ("-quick" if args.quick else "")
     out = args.out or RESULTS / f"speed-{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -67,9 +67,10 @@ def bench_step(device: torch.device, quick: bool, repeat: int) -> List[Dict]:
     return rows
 
 
-def step_table(rows) -> str:
-    out = ["| device | batch | variant | step ms | share of the step added |", "|---|---|---|---:|---:|"]
-    for r in rows:
-        out.append(f"| {r['device']} | {r['B']} x {r['size']}x{r['size']}, K={r['K']} | {r['variant']} | "
-                   f"{r['ms']:.1f} | {100 * r['overhead']:.1f}% |")
-    return "\n".join(out)
+STEP_COLUMNS = [
+    ("device", False, lambda r: r["device"]),
+    ("batch", False, lambda r: f"{r['B']} x {r['size']}x{r['size']}, K={r['K']}"),
+    ("variant", False, lambda r: r["variant"]),
+    ("step ms", True, lambda r: f"{r['ms']:.1f}"),
+    ("share of the step added", True, lambda r: f"{100 * r['overhead']:.1f}%"),
+]
