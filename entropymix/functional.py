@@ -11,10 +11,11 @@ value check (``check_values=True``) asks for it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, ContextManager, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -56,8 +57,26 @@ def set_compile(enabled: bool) -> None:
     _COMPILE["enabled"] = bool(enabled)
 
 
+def _float32_math(device: torch.device) -> ContextManager:
+    """Autocast off for ``device``'s type while float32 math runs (a no-op outside autocast).
+
+    Under ``torch.autocast`` matmuls run in float16/bfloat16; the cell sums, Gram matrices and
+    KL reductions here must not (bfloat16 rounds pixel counts and cancels the Gram identity).
+    """
+    try:
+        on = torch.is_autocast_enabled(device.type)
+    except (RuntimeError, TypeError, ValueError):  # a device type autocast does not know
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, enabled=False) if on else contextlib.nullcontext()
+
+
 def _fast(eager: Callable[..., Tensor], fused: Callable[..., Tensor], *args) -> Tensor:
     """``torch.compile(fused)(*args)`` when the fast path is on, else ``eager(*args)``."""
+    with _float32_math(args[0].device):
+        return _fast_impl(eager, fused, *args)
+
+
+def _fast_impl(eager: Callable[..., Tensor], fused: Callable[..., Tensor], *args) -> Tensor:
     if not _COMPILE["enabled"] or torch.compiler.is_compiling():
         return eager(*args)
     compiled = _COMPILED.get(fused)
@@ -122,19 +141,48 @@ def _pair(name: str, value: Grid) -> Tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
-def _check_probs_values(name: str, probs: Tensor, dim: int = 1) -> None:
-    p = probs.float()
-    if not bool(torch.isfinite(p).all()):
-        raise ValueError(f"{name} contains non-finite values (shape {_shape(probs)})")
-    tol = 1e-3 if probs.dtype in (torch.float32, torch.float64) else 2e-2
-    if bool((p < 0).any()) or bool(((p.sum(dim) - 1).abs() > tol).any()):
-        raise ValueError(f"{name} must be probabilities: non-negative and summing to 1 over dim {dim} "
-                         f"(shape {_shape(probs)}); pass logits= for unnormalised scores")
+# Row sums of probabilities that went through float16/bfloat16 on their way here (a softmax
+# under autocast, then .float()) are off by up to K half-ulps of bfloat16. The tolerance must
+# cover that whatever dtype the tensor has now; unnormalised scores are still far outside it.
+SIMPLEX_TOLERANCE = 2e-2
 
 
-def _check_logits_values(name: str, logits: Tensor) -> None:
-    if bool((torch.isnan(logits) | (logits == math.inf)).any()):
-        raise ValueError(f"{name} contains NaN or +inf (shape {_shape(logits)})")
+def _bad_probs(probs: Tensor) -> Tensor:
+    """``(B, h, w)`` bool: pixels whose class vector is not a distribution (within the tolerance)."""
+    total = probs.sum(1, dtype=torch.float32)  # non-finite if any entry is
+    return ~torch.isfinite(total) | (probs < 0).any(1) | ((total - 1).abs() > SIMPLEX_TOLERANCE)
+
+
+def _bad_logits(logits: Tensor) -> Tensor:
+    """``(B, h, w)`` bool: NaN, ``+inf``, or every class ``-inf`` (``amax`` propagates NaN)."""
+    return ~torch.isfinite(logits.amax(1))
+
+
+def _check_values(kind: str, names: Sequence[str], maps: Sequence[Tensor],
+                  masks: Optional[Sequence[Optional[Tensor]]] = None) -> None:
+    """Value checks of V probability (``kind="probs"``) or logit maps, one synchronisation for all.
+
+    ``masks`` (bool, at each map's resolution) restrict the check to valid pixels: what an
+    ignored pixel holds is never read, so it is never rejected either.
+    """
+    bad_fn = _bad_probs if kind == "probs" else _bad_logits
+    flags = []
+    for v, m in enumerate(maps):
+        bad = bad_fn(m)
+        if masks is not None and masks[v] is not None:
+            bad = bad & masks[v]
+        flags.append(bad.any())
+    flags_t = torch.stack(flags)
+    if not bool(flags_t.any()):  # the one synchronisation
+        return
+    v = int(flags_t.int().argmax())
+    name, m = names[v], maps[v]
+    if kind == "logits":
+        raise ValueError(f"{name} contains NaN or +inf, or a pixel whose logits are all -inf (shape {_shape(m)})")
+    if not bool(torch.isfinite(m).all()):
+        raise ValueError(f"{name} contains non-finite values (shape {_shape(m)})")
+    raise ValueError(f"{name} must be probabilities: non-negative and summing to 1 over dim 1 "
+                     f"within {SIMPLEX_TOLERANCE} (shape {_shape(m)}); pass logits= for unnormalised scores")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -146,15 +194,16 @@ def entropy(probs: Tensor, *, check_values: bool = True) -> Tensor:
 
     Args:
         probs: ``(B, K, h, w)`` class probabilities, any floating dtype, any memory format.
-        check_values: raise ``ValueError`` for non-finite values or rows off the simplex
-            (synchronises with the device; switch off in synchronisation-free loops).
+        check_values: raise ``ValueError`` for non-finite values or rows off the simplex (more
+            than ``SIMPLEX_TOLERANCE`` = 0.02, which covers bfloat16 rounding whatever the dtype
+            now); synchronises with the device, switch off in synchronisation-free loops.
 
     Returns:
         ``(B, h, w)`` float32 entropy in ``[0, log K]``.
     """
     _check_tensor("probs", probs, ndim=(4,), floating=True)
     if check_values:
-        _check_probs_values("probs", probs)
+        _check_values("probs", ["probs"], [probs])
     return _fast(_entropy_eager, _entropy_fused, probs)
 
 
@@ -163,15 +212,15 @@ def entropy_from_logits(logits: Tensor, *, check_values: bool = True) -> Tensor:
 
     Args:
         logits: ``(B, K, h, w)`` unnormalised scores, any floating dtype. ``-inf`` is allowed
-            (a class with zero probability); ``+inf`` and NaN are not.
-        check_values: raise ``ValueError`` for NaN / ``+inf`` logits (synchronises).
+            (a class with zero probability); ``+inf``, NaN and a pixel of only ``-inf`` are not.
+        check_values: raise ``ValueError`` for those (synchronises).
 
     Returns:
         ``(B, h, w)`` float32 entropy in ``[0, log K]``.
     """
     _check_tensor("logits", logits, ndim=(4,), floating=True)
     if check_values:
-        _check_logits_values("logits", logits)
+        _check_values("logits", ["logits"], [logits])
     return _fast(_entropy_logits, _entropy_logits, logits)
 
 
@@ -206,20 +255,34 @@ def resize_nearest(x: Tensor, size: Tuple[int, int]) -> Tensor:
     return x.index_select(-1, _cells(W, w, x.device))
 
 
-def patch_entropy(entropy: Tensor, grid: Grid, valid: Optional[Tensor] = None, *,
+def _as_mask(name: str, valid: object, ignore_index: int) -> Tensor:
+    """A bool mask from a bool mask or an integer label map (``ignore_index`` pixels are invalid)."""
+    _check_tensor(name, valid)
+    if valid.dtype == torch.bool:
+        return valid
+    if valid.is_floating_point() or valid.is_complex():
+        raise TypeError(f"{name} must be a bool mask or an integer label map (ignore_index={ignore_index} "
+                        f"is invalid), got dtype {valid.dtype} {_shape(valid)}")
+    return valid != ignore_index
+
+
+def patch_entropy(entropy: Tensor, grid: Grid, valid: Optional[Tensor] = None, *, ignore_index: int = 255,
                   return_valid: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """Mean entropy of each grid cell over its valid pixels.
 
     Args:
         entropy: ``(*, h, w)`` per-pixel entropy (e.g. from :func:`entropy`).
         grid: ``(gh, gw)`` cells, or an int for a square grid; at most ``(h, w)``.
-        valid: optional bool ``(*, h', w')`` mask of pixels to count; resized to ``(h, w)`` by
-            the grid rule when its resolution differs.
+        valid: optional ``(*, h', w')`` bool mask of pixels to count, or an integer label map
+            whose ``ignore_index`` pixels are invalid; resized to ``(h, w)`` by the grid rule
+            when its resolution differs. Values at invalid pixels (NaN included) never matter.
+        ignore_index: the invalid label of an integer ``valid``.
         return_valid: also return the bool ``(*, gh, gw)`` map of cells with a valid pixel.
 
     Returns:
         ``(*, gh, gw)`` float32 mean entropy; a cell without valid pixels gets 0 (and ``False``
         in the returned cell mask, which :func:`select_views` uses so that it is never preferred).
+        Computed in float32 under ``torch.autocast`` too (pixel counts stay exact).
     """
     _check_tensor("entropy", entropy, floating=True)
     if entropy.dim() < 2:
@@ -228,28 +291,30 @@ def patch_entropy(entropy: Tensor, grid: Grid, valid: Optional[Tensor] = None, *
     h, w = entropy.shape[-2:]
     if gh > h or gw > w:
         raise ValueError(f"grid {(gh, gw)} is larger than the entropy map {(h, w)} (shape {_shape(entropy)})")
-    ent = entropy.float()
+    mask = None
     if valid is not None:
-        _check_tensor("valid", valid)
-        if valid.dtype != torch.bool:
-            raise TypeError(f"valid must be a bool tensor, got dtype {valid.dtype}")
-        if valid.shape[:-2] != entropy.shape[:-2]:
+        mask = _as_mask("valid", valid, ignore_index)
+        if mask.shape[:-2] != entropy.shape[:-2] or mask.dim() != entropy.dim():
             raise ValueError(f"valid must have shape (*, h, w) with * = {tuple(entropy.shape[:-2])}, "
                              f"got {_shape(valid)} for entropy {_shape(entropy)}")
-        mask = resize_nearest(valid, (h, w)).float()
-        ent = ent * mask
-    rows = _assignment(h, gh, entropy.device)            # (gh, h)
-    cols = _assignment(w, gw, entropy.device).t()        # (w, gw)
-    # Cell sums as two small matmuls: deterministic, batched, and no per-cell loop.
-    sums = rows @ ent @ cols
-    if valid is None:
-        counts = rows.sum(1)[:, None] * cols.sum(0)[None, :]
-        means = sums / counts
-        nonempty = torch.ones_like(means, dtype=torch.bool)
-    else:
-        counts = rows @ mask @ cols
-        nonempty = counts > 0
-        means = sums / counts.clamp_min(1)
+        if mask.device != entropy.device:
+            raise ValueError(f"valid is on {mask.device} but entropy is on {entropy.device}")
+        mask = resize_nearest(mask, (h, w))
+    with _float32_math(entropy.device):
+        # where, not a product: a NaN or inf at an invalid pixel must not reach its cell.
+        ent = entropy.float() if mask is None else torch.where(mask, entropy.float(), 0.0)
+        rows = _assignment(h, gh, entropy.device)            # (gh, h)
+        cols = _assignment(w, gw, entropy.device).t()        # (w, gw)
+        # Cell sums as two small matmuls: deterministic, batched, and no per-cell loop.
+        sums = rows @ ent @ cols
+        if mask is None:
+            counts = rows.sum(1)[:, None] * cols.sum(0)[None, :]
+            means = sums / counts
+            nonempty = torch.ones_like(means, dtype=torch.bool)
+        else:
+            counts = rows @ mask.float() @ cols
+            nonempty = counts > 0
+            means = sums / counts.clamp_min(1)
     return (means, nonempty) if return_valid else means
 
 
@@ -330,12 +395,14 @@ def apply_plan(index: Tensor, tensors: Sequence[Tensor], *, num_views: Optional[
 
     Args:
         index: ``(B, gh, gw)`` int64 plan (a pixel plan is ``(B, H, W)``).
-        tensors: V tensors of one shape ``(B, h, w)`` or ``(B, C, h, w)``, one dtype and device,
-            any resolution; ``index`` must be in ``[0, V)``.
+        tensors: V tensors of one shape ``(B, h, w)`` or ``(B, C, h, w)`` and one device, any
+            resolution; ``index`` must be in ``[0, V)``.
         num_views: the plan's view count, to check ``len(tensors)`` against.
 
     Returns:
-        A new tensor shaped like ``tensors[0]``, same dtype (and memory format for 4-D inputs).
+        A new tensor shaped like ``tensors[0]`` (and in its memory format for 4-D inputs). Its
+        dtype is the promotion of the tensors' dtypes, as ``torch.where`` does
+        (``torch.result_type``): bfloat16 and float32 confidences give float32, every value exact.
     """
     size = _check_plan_inputs(index, tensors, num_views)
     return _mix(_view_masks(index, len(tensors), size), tensors)
@@ -355,9 +422,9 @@ def _check_plan_inputs(index: Tensor, tensors: Sequence[Tensor], num_views: Opti
     first = _check_tensor("tensors[0]", tensors[0], ndim=(3, 4))
     for v, t in enumerate(tensors):
         _check_tensor(f"tensors[{v}]", t)
-        if t.shape != first.shape or t.dtype != first.dtype or t.device != first.device:
-            raise ValueError(f"tensors must share shape, dtype and device: tensors[0] is {_shape(first)} "
-                             f"{first.dtype} on {first.device}, tensors[{v}] is {_shape(t)} {t.dtype} on {t.device}")
+        if t.shape != first.shape or t.device != first.device:
+            raise ValueError(f"tensors must share shape and device: tensors[0] is {_shape(first)} "
+                             f"on {first.device}, tensors[{v}] is {_shape(t)} on {t.device}")
     if first.shape[0] != index.shape[0]:
         raise ValueError(f"batch size mismatch: index {_shape(index)} vs tensors {_shape(first)}")
     if index.device != first.device:
@@ -371,7 +438,10 @@ def _view_masks(index: Tensor, num_views: int, size: Tuple[int, int]) -> List[Te
 
 
 def _mix(masks: Sequence[Tensor], tensors: Sequence[Tensor]) -> Tensor:
-    out = tensors[0]
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    out = tensors[0].to(dtype)
     for mask, t in zip(masks, tensors[1:]):
         # A (B, 1, h, w) mask broadcasts over channels, so the select never copies it.
         out = torch.where(mask[:, None] if t.dim() == 4 else mask, t, out)

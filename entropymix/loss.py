@@ -14,7 +14,7 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .functional import _check_tensor, _shape, resize_nearest
+from .functional import _as_mask, _check_tensor, _float32_math, _shape, resize_nearest
 
 __all__ = ["SPEEDLoss", "relation_distillation", "logit_distillation", "RELATION_METHODS"]
 
@@ -27,13 +27,11 @@ def _valid_mask(valid: Optional[Tensor], batch: int, size: Tuple[int, int], igno
     if valid is None:
         return torch.ones(batch, *size, dtype=torch.bool, device=device)
     _check_tensor("valid", valid, ndim=(3,))
-    if valid.is_floating_point() or valid.is_complex():
-        raise TypeError(f"valid must be a bool mask or an integer label map, got dtype {valid.dtype}")
+    mask = _as_mask("valid", valid, ignore_index)
     if valid.shape[0] != batch:
         raise ValueError(f"valid has batch size {valid.shape[0]} but the inputs have {batch}: valid is {_shape(valid)}")
     if valid.device != device:
         raise ValueError(f"valid is on {valid.device} but the inputs are on {device}")
-    mask = valid if valid.dtype == torch.bool else valid != ignore_index
     return resize_nearest(mask, size)
 
 
@@ -54,9 +52,19 @@ def _wide(t: Tensor) -> Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
-def _check_finite(name: str, t: Tensor) -> None:
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains non-finite values (shape {_shape(t)})")
+def _check_finite(name: str, t: Tensor, mask: Tensor, allow_neg_inf: bool = False) -> None:
+    """Raise unless every valid pixel of ``t`` (``(B, C, h, w)``, ``mask`` ``(B, h, w)``) is finite.
+
+    With ``allow_neg_inf`` (teacher logits masking a class) ``-inf`` is fine as long as one
+    class per pixel is finite. Invalid pixels may hold anything: they are never read.
+    """
+    if allow_neg_inf:
+        ok = torch.isfinite(t.amax(1))  # amax propagates NaN; +inf or a row of -inf is not finite
+    else:
+        ok = torch.isfinite(t).all(1)
+    if bool((~ok & mask).any()):
+        what = "NaN, +inf or only -inf" if allow_neg_inf else "non-finite values"
+        raise ValueError(f"{name} contains {what} at valid pixels (shape {_shape(t)})")
 
 
 def logit_distillation(student_logits: Tensor, teacher_logits: Tensor, valid: Optional[Tensor] = None, *,
@@ -82,14 +90,26 @@ def logit_distillation(student_logits: Tensor, teacher_logits: Tensor, valid: Op
     _check_pair("logits", student_logits, teacher_logits, same_channels=True)
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    if check_values:
-        _check_finite("student_logits", student_logits)
-        _check_finite("teacher_logits", teacher_logits)
     B, K, h, w = student_logits.shape
     mask = _valid_mask(valid, B, (h, w), ignore_index, student_logits.device)
+    if check_values:
+        _check_finite("student_logits", student_logits, mask)
+        _check_finite("teacher_logits", teacher_logits, mask, allow_neg_inf=True)
+    with _float32_math(student_logits.device):
+        return _logit_kd(student_logits, teacher_logits, None if valid is None else mask, temperature,
+                         entropy_weighting)
+
+
+def _logit_kd(student_logits: Tensor, teacher_logits: Tensor, mask: Optional[Tensor], temperature: float,
+              entropy_weighting: bool) -> Tensor:
+    K = student_logits.shape[1]
     s = _wide(student_logits)
     t = _wide(teacher_logits.detach())
-    log_q = torch.log_softmax(t / temperature if temperature != 1 else t, dim=1)
+    if mask is not None:  # whatever an ignored pixel holds (NaN included) never reaches a value or a gradient
+        s = torch.where(mask[:, None], s, 0.0)
+        t = torch.where(mask[:, None], t, 0.0)
+    # A teacher logit of -inf (a masked class) has q = 0: clamping log q keeps q log q = 0, not NaN.
+    log_q = torch.log_softmax(t / temperature if temperature != 1 else t, dim=1).clamp_min_(torch.finfo(t.dtype).min)
     log_p = torch.log_softmax(s / temperature if temperature != 1 else s, dim=1)
     q = log_q.exp()
     # KL = sum q log q - sum q log p: two fused reductions, and sum q log q is -H(teacher) at T = 1.
@@ -97,19 +117,24 @@ def logit_distillation(student_logits: Tensor, teacher_logits: Tensor, valid: Op
     kl = (q_log_q - (q * log_p).sum(1)) * temperature ** 2
     if entropy_weighting and K > 1:
         if temperature != 1:
-            log_t = torch.log_softmax(t, dim=1)
+            log_t = torch.log_softmax(t, dim=1).clamp_min_(torch.finfo(t.dtype).min)
             q_log_q = (log_t.exp() * log_t).sum(1)
         kl = kl * (1 + q_log_q / math.log(K)).clamp(0, 1)
+    if mask is None:
+        return kl.mean()
     # where, not multiply: an ignored pixel contributes an exact zero and no gradient.
     total = torch.where(mask, kl, 0.0).sum()
     return total / mask.sum().clamp_min(1)
 
 
 def _normalised_rows(features: Tensor, mask: Tensor) -> Tensor:
-    """``(B, N, D)`` float32 unit feature vectors, zero rows at invalid pixels."""
-    f = _wide(features).flatten(2).transpose(1, 2)                         # (B, N, D)
-    f = nn.functional.normalize(f, dim=2)
-    return f * mask.flatten(1)[:, :, None]
+    """``(B, N, D)`` float32 unit feature vectors, zero rows at invalid pixels.
+
+    Invalid pixels are zeroed before anything else (``where``, not a product), so whatever they
+    hold, NaN included, reaches neither the loss nor a gradient; a zero row normalises to zero.
+    """
+    f = torch.where(mask[:, None], _wide(features), 0.0).flatten(2).transpose(1, 2)   # (B, N, D)
+    return nn.functional.normalize(f, dim=2)
 
 
 class _GramRelation(torch.autograd.Function):
@@ -130,8 +155,9 @@ class _GramRelation(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         fs, ft, g_ss, g_st = ctx.saved_tensors
-        grad_fs = torch.baddbmm(fs @ g_ss, ft, g_st.mT, alpha=-1)
-        return grad_fs * (4 * grad)[:, None, None], None
+        with _float32_math(fs.device):  # backward may run inside the caller's autocast region
+            grad_fs = torch.baddbmm(fs @ g_ss, ft, g_st.mT, alpha=-1)
+            return grad_fs * (4 * grad.to(fs.dtype))[:, None, None], None
 
 
 def _relation_cost(n: int, d_s: int, d_t: int) -> Tuple[int, int]:
@@ -166,25 +192,27 @@ def relation_distillation(student_features: Tensor, teacher_features: Tensor, va
     _check_pair("features", student_features, teacher_features, same_channels=False)
     if method not in RELATION_METHODS:
         raise ValueError(f"method must be one of {RELATION_METHODS}, got {method!r}")
-    if check_values:
-        _check_finite("student_features", student_features)
-        _check_finite("teacher_features", teacher_features)
     B, d_s, h, w = student_features.shape
     d_t = teacher_features.shape[1]
     mask = _valid_mask(valid, B, (h, w), ignore_index, student_features.device)
-    fs = _normalised_rows(student_features, mask)
-    ft = _normalised_rows(teacher_features.detach(), mask)
+    if check_values:
+        _check_finite("student_features", student_features, mask)
+        _check_finite("teacher_features", teacher_features, mask)
     if method == "auto":
         gram_cost, naive_cost = _relation_cost(h * w, d_s, d_t)
         method = "gram" if gram_cost <= naive_cost else "naive"
-    if method == "gram":
-        sq = _GramRelation.apply(fs, ft)
-    else:
-        sq = (fs @ fs.transpose(1, 2) - ft @ ft.transpose(1, 2)).square().sum((1, 2))
-    n = mask.flatten(1).sum(1)
-    per_image = sq / n.clamp_min(1).to(sq.dtype).square()
-    has = n > 0
-    return torch.where(has, per_image, 0.0).sum() / has.sum().clamp_min(1)
+    # float32 matmuls even under autocast: the Gram identity cancels catastrophically in bfloat16.
+    with _float32_math(student_features.device):
+        fs = _normalised_rows(student_features, mask)
+        ft = _normalised_rows(teacher_features.detach(), mask)
+        if method == "gram":
+            sq = _GramRelation.apply(fs, ft)
+        else:
+            sq = (fs @ fs.transpose(1, 2) - ft @ ft.transpose(1, 2)).square().sum((1, 2))
+        n = mask.flatten(1).sum(1)
+        per_image = sq / n.clamp_min(1).to(sq.dtype).square()
+        has = n > 0
+        return torch.where(has, per_image, 0.0).sum() / has.sum().clamp_min(1)
 
 
 class SPEEDLoss(nn.Module):

@@ -127,6 +127,7 @@ class EntropyMix(nn.Module):
         temperature: temperature of ``"sample"``.
         check_values: check probabilities for non-finite values and the simplex (synchronises
             with the device; switch off in synchronisation-free GPU loops).
+        ignore_index: the invalid label when ``valid`` holds integer label maps.
 
     The per-pixel entropy runs through ``torch.compile`` by default (see
     :func:`entropymix.functional.set_compile`); pass the teacher's probabilities at its output
@@ -135,7 +136,8 @@ class EntropyMix(nn.Module):
     Shapes:
         - views: V >= 2 tensors ``(B, C, H, W)`` of one dtype and device.
         - probs: V tensors ``(B, K, h, w)`` (``(h, w)`` may differ from ``(H, W)``), or ``logits=``.
-        - valid: optional V bool masks ``(B, h', w')`` (e.g. ``ignore_mask != 255``), any resolution;
+        - valid: optional V bool masks ``(B, h', w')``, or integer label maps whose
+          ``ignore_index`` pixels are invalid (UniMatch's ``ignore_mask``), any resolution;
           entries may be ``None``.
         - output: ``(B, C, H, W)`` mixed tensor and a :class:`MixPlan` with a ``(B, gh, gw)`` index.
 
@@ -146,7 +148,7 @@ class EntropyMix(nn.Module):
     """
 
     def __init__(self, grid: Grid = (4, 4), select: str = "max", p: float = 1.0,
-                 temperature: float = 1.0, check_values: bool = True) -> None:
+                 temperature: float = 1.0, check_values: bool = True, ignore_index: int = 255) -> None:
         super().__init__()
         self.grid = _pair("grid", grid)
         if select not in F.SELECT_MODES:
@@ -156,7 +158,7 @@ class EntropyMix(nn.Module):
         if not (isinstance(temperature, (int, float)) and temperature > 0):
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         self.select, self.p, self.temperature = select, float(p), float(temperature)
-        self.check_values = check_values
+        self.check_values, self.ignore_index = bool(check_values), int(ignore_index)
 
     def extra_repr(self) -> str:
         return f"grid={self.grid}, select={self.select!r}, p={self.p}, temperature={self.temperature}"
@@ -198,27 +200,30 @@ class EntropyMix(nn.Module):
             raise ValueError(f"{name}[0] has batch size {first.shape[0]} but views have {B}: {name}[0] is {_shape(first)}")
         if self.grid[0] > h or self.grid[1] > w:
             raise ValueError(f"grid {self.grid} is larger than {name} maps (h, w) = {(h, w)}")
-        ent_fn, check = ((F.entropy, F._check_probs_values) if name == "probs"
-                         else (F.entropy_from_logits, F._check_logits_values))
-        cells: List[Tensor] = []
-        nonempty: List[Tensor] = []
+        ent_fn = F.entropy if name == "probs" else F.entropy_from_logits
+        checked, masks = [], []
         for v in range(V):
             m = _check_tensor(f"{name}[{v}]", maps[v], ndim=(4,), floating=True)
-            if m.shape != first.shape:
-                raise ValueError(f"{name} must share one shape: {name}[0] is {_shape(first)}, {name}[{v}] is {_shape(m)}")
-            if self.check_values:
-                check(f"{name}[{v}]", m)
-            ent = ent_fn(m, check_values=False)
+            if m.shape != first.shape or m.device != first.device:
+                raise ValueError(f"{name} must share one shape and device: {name}[0] is {_shape(first)} on "
+                                 f"{first.device}, {name}[{v}] is {_shape(m)} on {m.device}")
             mask = None if valid is None else valid[v]
             if mask is not None:
                 _check_tensor(f"valid[{v}]", mask, ndim=(3,))
-                if mask.dtype != torch.bool or mask.shape[0] != B:
-                    raise ValueError(f"valid[{v}] must be a bool (B, h, w) mask with B = {B}, "
-                                     f"got {mask.dtype} {_shape(mask)}")
-            e, ne = F.patch_entropy(ent, self.grid, mask, return_valid=True)
-            cells.append(e)
-            nonempty.append(ne)
-        has_valid = valid is not None and any(m is not None for m in valid)
+                mask = F._as_mask(f"valid[{v}]", mask, self.ignore_index)
+                if mask.shape[0] != B:
+                    raise ValueError(f"valid[{v}] must be a (B, h, w) mask or label map with B = {B}, "
+                                     f"got {_shape(mask)}")
+                if mask.device != m.device:
+                    raise ValueError(f"valid[{v}] is on {mask.device} but {name}[{v}] is on {m.device}")
+                mask = F.resize_nearest(mask, (h, w))
+            checked.append(m)
+            masks.append(mask)
+        if self.check_values:  # one synchronisation for all views, valid pixels only
+            F._check_values(name, [f"{name}[{v}]" for v in range(V)], checked, masks)
+        cells, nonempty = zip(*(F.patch_entropy(ent_fn(m, check_values=False), self.grid, mask, return_valid=True)
+                                for m, mask in zip(checked, masks)))
+        has_valid = any(m is not None for m in masks)
         return torch.stack(cells), (torch.stack(nonempty) if has_valid else None)
 
 

@@ -128,7 +128,7 @@ def test_patch_entropy_is_the_mean_over_valid_pixels(sg, B, use_valid, valid_res
 def test_patch_entropy_errors():
     with pytest.raises(ValueError, match=r"grid \(5, 5\) is larger than the entropy map \(4, 4\)"):
         F.patch_entropy(torch.rand(1, 4, 4), (5, 5))
-    with pytest.raises(TypeError, match="valid must be a bool tensor"):
+    with pytest.raises(TypeError, match=r"valid must be a bool mask or an integer label map .*torch.float32 \(1, 4, 4\)"):
         F.patch_entropy(torch.rand(1, 4, 4), 2, torch.ones(1, 4, 4))
     with pytest.raises(ValueError, match=r"valid must have shape.*got \(2, 4, 4\)"):
         F.patch_entropy(torch.rand(1, 4, 4), 2, torch.ones(2, 4, 4, dtype=torch.bool))

@@ -212,8 +212,10 @@ def test_loss_errors_name_the_argument_and_shapes():
         crit(z, z, f, f, torch.ones(2, 4, 4))
     with pytest.raises(ValueError, match="feature_weight > 0 needs student_features"):
         crit(z, z)
-    with pytest.raises(ValueError, match=r"teacher_logits contains non-finite values \(shape \(2, 3, 4, 4\)\)"):
+    with pytest.raises(ValueError, match=r"teacher_logits contains NaN, \+inf or only -inf at valid pixels \(shape \(2, 3, 4, 4\)\)"):
         crit(z, z * math.inf, f, f)
+    with pytest.raises(ValueError, match=r"student_logits contains non-finite values at valid pixels \(shape \(2, 3, 4, 4\)\)"):
+        crit(z.clone().fill_(-math.inf), z, f, f)
     with pytest.raises(ValueError, match="feature_weight must be a finite number >= 0"):
         SPEEDLoss(feature_weight=-1)
     with pytest.raises(ValueError, match="both 0"):
@@ -222,3 +224,60 @@ def test_loss_errors_name_the_argument_and_shapes():
         SPEEDLoss(temperature=0)
     with pytest.raises(ValueError, match="method must be one of"):
         relation_distillation(f, f, method="fast")
+
+
+# --- mixed precision ----------------------------------------------------------------------------
+
+AUTOCAST_CPU = dict(device_type="cpu", dtype=torch.bfloat16)
+
+
+@given(B=st.integers(1, 3), Ds=st.integers(1, 48), Dt=st.integers(1, 48), h=st.integers(1, 20), w=st.integers(1, 20),
+       K=st.integers(2, 8), input_dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+       method=st.sampled_from(["gram", "naive"]), seed=st.integers(0, 2**31 - 1))
+@example(B=2, Ds=48, Dt=40, h=20, w=20, K=21, input_dtype=torch.bfloat16, method="gram", seed=0)  # UniMatch-like
+def test_loss_under_autocast_matches_the_float64_reference(B, Ds, Dt, h, w, K, input_dtype, method, seed):
+    """Under autocast (bfloat16 on CPU) both terms and the student gradients are the float32 result.
+
+    The inputs are what an autocast model produces (float32 or bfloat16 tensors); the reference is
+    the float64 definition of those exact values. Stated tolerance: 1e-3 relative on both terms,
+    with an absolute floor of 2e-6 for the relation term (its Gram terms are each <= 1 after the
+    1 / N^2, so float32 leaves ~3e-7 of residue where the loss itself is 0, e.g. N = 1); gradients
+    within 1e-3 of the largest entry (1e-2 for bfloat16 inputs, whose gradient is rounded to
+    bfloat16). bfloat16 math would be off by 1e-2 to 1e0.
+    """
+    g = torch.Generator().manual_seed(seed)
+    fs = torch.randn(B, Ds, h, w, generator=g).to(input_dtype).requires_grad_()
+    ft = torch.randn(B, Dt, h, w, generator=g).to(input_dtype)
+    zs = (3 * torch.randn(B, K, h, w, generator=g)).to(input_dtype).requires_grad_()
+    zt = (3 * torch.randn(B, K, h, w, generator=g)).to(input_dtype)
+    valid = torch.rand(B, h, w, generator=g) < 0.8
+    with torch.autocast(**AUTOCAST_CPU):
+        rel = relation_distillation(fs, ft, valid, method=method)
+        kd = logit_distillation(zs, zt, valid)
+    assert rel.dtype == kd.dtype == torch.float32
+    (rel + kd).backward()
+    assert fs.grad.dtype == zs.grad.dtype == input_dtype  # the gradient has the input's dtype
+    fs64, zs64 = fs.detach().double().requires_grad_(), zs.detach().double().requires_grad_()
+    rel64, kd64 = naive_relation(fs64, ft, valid), naive_kd(zs64, zt, valid, 1.0, True)
+    (rel64 + kd64).backward()
+    torch.testing.assert_close(rel.double(), rel64.detach(), rtol=1e-3, atol=2e-6)
+    torch.testing.assert_close(kd.double(), kd64.detach(), rtol=1e-3, atol=1e-7)
+    tol = 1e-3 if input_dtype == torch.float32 else 1e-2
+    for got, ref in ((fs.grad, fs64.grad), (zs.grad, zs64.grad)):
+        err = (got.double() - ref).abs().max()
+        assert err <= tol * ref.abs().max() + 1e-6, (err, ref.abs().max())
+
+
+def test_speedloss_backward_inside_autocast_does_not_crash_and_is_float32_math():
+    """The reported crash: the Gram backward ran its matmuls in bfloat16 next to float32 operands."""
+    g = torch.Generator().manual_seed(0)
+    fs = torch.randn(2, 64, 33, 33, generator=g).bfloat16().requires_grad_()
+    ft = torch.randn(2, 64, 33, 33, generator=g).bfloat16() + fs.detach()
+    zs = torch.randn(2, 5, 33, 33, generator=g).bfloat16().requires_grad_()
+    crit = SPEEDLoss()
+    with torch.autocast(**AUTOCAST_CPU):
+        loss, terms = crit(zs, zs.detach() + 1, fs, ft, return_terms=True)
+        loss.backward()  # backward inside the autocast region too
+    ref = naive_relation(fs.detach(), ft, torch.ones(2, 33, 33, dtype=torch.bool))
+    assert abs(terms["relation"].double() - ref) / ref < 1e-3
+    assert fs.grad.dtype == torch.bfloat16 and torch.isfinite(fs.grad.float()).all()

@@ -174,8 +174,10 @@ def test_entropymix_errors_name_the_argument_and_shapes():
         EntropyMix(32)(views, probs=probs)
     with pytest.raises(ValueError, match=r"grid \(8, 8\) is larger than probs maps \(h, w\) = \(4, 4\)"):
         EntropyMix(8)(views, probs=[q[..., :4, :4] for q in probs])
-    with pytest.raises(ValueError, match=r"valid\[1\] must be a bool \(B, h, w\) mask"):
+    with pytest.raises(TypeError, match=r"valid\[1\] must be a bool mask or an integer label map.*float32 \(2, 16, 16\)"):
         mixer(views, probs=probs, valid=[None, torch.ones(2, 16, 16)])
+    with pytest.raises(ValueError, match=r"valid\[1\] must be a \(B, h, w\) mask or label map with B = 2, got \(3, 16, 16\)"):
+        mixer(views, probs=probs, valid=[None, torch.ones(3, 16, 16, dtype=torch.bool)])
     with pytest.raises(ValueError, match="select must be one of"):
         EntropyMix(select="median")
     with pytest.raises(ValueError, match="p must be in"):
@@ -307,3 +309,82 @@ def test_cuda_hot_path_does_not_synchronise():
         plan.apply(labels)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+# --- mixed precision and real training inputs ---------------------------------------------------
+
+@given(V=st.integers(2, 3), B=st.integers(1, 3), sg=sizes_and_grid(max_side=40), K=st.integers(2, 21),
+       select=st.sampled_from(MODES), use_logits=st.booleans(), prob_dtype=st.sampled_from(FLOAT_DTYPES),
+       seed=st.integers(0, 2**31 - 1))
+@example(V=2, B=2, sg=((321, 321), (4, 4)), K=21, select="max", use_logits=False, prob_dtype=torch.float32, seed=0)
+def test_autocast_gives_the_same_plan_bit_for_bit(V, B, sg, K, select, use_logits, prob_dtype, seed):
+    (H, W), grid = sg
+    views, probs, _ = make_batch(seed, V, B, 3, H, W, K)
+    g = torch.Generator().manual_seed(seed)
+    valid = [torch.where(torch.rand(B, H, W, generator=g) < 0.8, 0, 255) for _ in range(V)]
+    maps = [p.log().to(prob_dtype) for p in probs] if use_logits else [p.to(prob_dtype) for p in probs]
+    kw = {"logits" if use_logits else "probs": maps, "valid": valid}
+    mixer = EntropyMix(grid, select=select)
+    ref, ref_plan = mixer(views, generator=torch.Generator().manual_seed(1), **kw)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, plan = mixer(views, generator=torch.Generator().manual_seed(1), **kw)
+    assert torch.equal(plan.index, ref_plan.index) and torch.equal(out, ref)
+
+
+@given(B=st.integers(1, 3), K=st.sampled_from([2, 19, 21, 150]), h=st.integers(1, 33), w=st.integers(1, 33),
+       half=st.sampled_from([torch.float16, torch.bfloat16]), scale=st.sampled_from([0.1, 3.0, 30.0]),
+       seed=st.integers(0, 2**31 - 1))
+def test_probabilities_that_went_through_half_precision_pass_the_default_checks(B, K, h, w, half, scale, seed):
+    """A softmax under autocast then ``.float()``: a normal training loop, never rejected."""
+    g = torch.Generator().manual_seed(seed)
+    logits = scale * torch.randn(B, K, h, w, generator=g)
+    views = [torch.rand(B, 3, h, w, generator=g) for _ in range(2)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        p_autocast = logits.to(half).softmax(1).float()
+    e = (logits.to(half) - logits.to(half).amax(1, keepdim=True)).exp()  # a softmax written by hand, in half
+    p_manual = (e / e.sum(1, keepdim=True)).float()
+    for p in (p_autocast, p_manual, logits.softmax(1).to(half)):
+        EntropyMix(grid=1)(views, probs=[p, p])  # default construction: checks on
+
+
+def test_value_check_names_its_tolerance_and_still_rejects_scores():
+    views = [torch.rand(2, 3, 8, 8) for _ in range(2)]
+    p = torch.rand(2, 5, 8, 8).softmax(1)
+    with pytest.raises(ValueError, match=r"probs\[1\] must be probabilities: .*within 0.02"):
+        EntropyMix(2)(views, probs=[p, p * 1.03])
+    with pytest.raises(ValueError, match=r"probs\[0\] must be probabilities"):
+        EntropyMix(2)(views, probs=[torch.randn(2, 5, 8, 8), p])
+
+
+@given(V=st.integers(2, 3), B=st.integers(1, 3), sg=sizes_and_grid(max_side=24), div=st.sampled_from([1, 2, 4]),
+       ignore_index=st.sampled_from([255, -1, 0]), select=st.sampled_from(["max", "min", "sample"]),
+       seed=st.integers(0, 2**31 - 1))
+def test_valid_as_label_map_equals_valid_as_bool_mask(V, B, sg, div, ignore_index, select, seed):
+    """One convention everywhere: a bool mask, or a label map whose ``ignore_index`` pixels are invalid."""
+    (H, W), grid = sg
+    views, probs, g = make_batch(seed, V, B, 3, H, W, 4)
+    h, w = max(1, H // div), max(1, W // div)
+    labels = [torch.randint(0, 3, (B, h, w), generator=g).masked_fill(torch.rand(B, h, w, generator=g) < 0.4,
+                                                                        ignore_index) for _ in range(V)]
+    mixer = EntropyMix(grid, select=select, ignore_index=ignore_index)
+    a, plan_a = mixer(views, probs=probs, valid=labels, generator=torch.Generator().manual_seed(seed))
+    b, plan_b = mixer(views, probs=probs, valid=[y != ignore_index for y in labels],
+                      generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(plan_a.index, plan_b.index) and torch.equal(a, b)
+
+
+@given(dtypes=st.lists(st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64]),
+                       min_size=2, max_size=3), seed=st.integers(0, 2**31 - 1))
+def test_apply_promotes_mixed_dtypes_like_torch_where(dtypes, seed):
+    """``plan.apply([conf_bf16, conf_fp32])`` is the common dtype; every value is the source's, exactly."""
+    g = torch.Generator().manual_seed(seed)
+    V = len(dtypes)
+    plan = MixPlan(torch.randint(0, V, (2, 3, 3), generator=g), V, (7, 9))
+    tensors = [torch.rand(2, 7, 9, generator=g).to(dt) for dt in dtypes]
+    out = plan.apply(tensors)
+    want = dtypes[0]
+    for dt in dtypes[1:]:
+        want = torch.promote_types(want, dt)
+    assert out.dtype == want
+    ref = torch.stack([t.to(want) for t in tensors]).gather(0, plan.source_map((7, 9))[None])[0]
+    assert torch.equal(out, ref)
