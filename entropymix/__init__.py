@@ -6,11 +6,12 @@ Semantic Segmentation* (SPEED, IEEE TCSVT 2024, doi:10.1109/TCSVT.2024.3375789).
 
 from . import functional
 from .loss import SPEEDLoss, logit_distillation, relation_distillation
-from .mix import CutMix, EntropyMix, MixPlan
+from .mix import ClassMix, CutMix, EntropyMix, MixPlan
+from .tap import FeatureTap
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "EntropyMix", "CutMix", "MixPlan", "SPEEDLoss", "relation_distillation", "logit_distillation",
+    "EntropyMix", "CutMix", "ClassMix", "MixPlan", "SPEEDLoss", "FeatureTap", "relation_distillation", "logit_distillation",
     "functional", "__version__",
 ]

@@ -29,6 +29,7 @@ __all__ = [
     "source_map",
     "resize_nearest",
     "cutmix_boxes",
+    "classmix_masks",
     "set_compile",
     "SELECT_MODES",
 ]
@@ -502,3 +503,48 @@ def cutmix_boxes(batch_size: int, size: Tuple[int, int], p: float = 0.5, size_mi
     inside = ((ys >= y0[:, :, None]) & (ys < (y0 + bh)[:, :, None])
               & (xs >= x0[:, :, None]) & (xs < (x0 + bw)[:, :, None]))
     return (inside & mixed[:, None, None]).long()
+
+
+# ----------------------------------------------------------------------------------------------
+# ClassMix / DACS (half of the predicted classes, batched)
+# ----------------------------------------------------------------------------------------------
+
+def classmix_masks(labels: Tensor, num_classes: int, valid: Optional[Tensor] = None, *,
+                   generator: Optional[torch.Generator] = None) -> Tensor:
+    """ClassMix's paste masks: per sample, the pixels of half of the classes present in ``labels``.
+
+    As in ClassMix / DACS, ``ceil(n / 2)`` of the ``n`` classes present among the valid pixels
+    are drawn uniformly without replacement, independently per sample, all samples at once
+    (random keys ranked per sample: no loop, no synchronisation).
+
+    Args:
+        labels: ``(B, h, w)`` int64 class map in ``[0, num_classes)`` (e.g. the teacher's argmax).
+        num_classes: ``K``.
+        valid: optional bool ``(B, h, w)`` mask; invalid pixels are neither counted nor pasted.
+        generator: random source.
+
+    Returns:
+        ``(B, h, w)`` int64 pixel plan: 1 where the pixel's class was drawn (it is pasted from
+        the second view), else 0.
+    """
+    _check_tensor("labels", labels, ndim=(3,))
+    if labels.dtype != torch.int64:
+        raise TypeError(f"labels must be int64 class indices, got {labels.dtype} {_shape(labels)}")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if valid is not None:
+        _check_tensor("valid", valid, ndim=(3,))
+        if valid.dtype != torch.bool or valid.shape != labels.shape or valid.device != labels.device:
+            raise ValueError(f"valid must be a bool mask shaped like labels {_shape(labels)} on {labels.device}, "
+                             f"got {valid.dtype} {_shape(valid)} on {valid.device}")
+    B = labels.shape[0]
+    flat = labels.flatten(1)
+    keep = torch.ones_like(flat, dtype=torch.bool) if valid is None else valid.flatten(1)
+    present = torch.zeros(B, num_classes, dtype=torch.bool, device=labels.device)
+    present.scatter_reduce_(1, flat.clamp(0, num_classes - 1), keep, reduce="amax")
+    # Rank present classes by a random key (absent ones last); the first ceil(n / 2) are drawn.
+    keys = torch.where(present, _uniform((B, num_classes), labels.device, generator), 2.0)
+    rank = keys.argsort(1).argsort(1)
+    drawn = present & (rank < (present.sum(1, keepdim=True) + 1) // 2)
+    pasted = drawn.gather(1, flat.clamp(0, num_classes - 1)) & keep
+    return pasted.view_as(labels).long()

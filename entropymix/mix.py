@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from . import functional as F
 from .functional import Grid, _check_tensor, _pair, _shape
 
-__all__ = ["MixPlan", "EntropyMix", "CutMix"]
+__all__ = ["MixPlan", "EntropyMix", "CutMix", "ClassMix"]
 
 
 @dataclass(frozen=True)
@@ -261,4 +261,67 @@ class CutMix(nn.Module):
         index = F.cutmix_boxes(B, (H, W), self.p, self.size_min, self.size_max, self.ratio,
                                generator=generator, device=views[0].device)
         plan = MixPlan(index, 2, (H, W))
+        return plan.apply(views), plan
+
+
+class ClassMix(nn.Module):
+    """ClassMix / DACS with the :class:`EntropyMix` interface: paste half of the predicted classes.
+
+    From *ClassMix: Segmentation-Based Data Augmentation for Semi-Supervised Learning* (Olsson et
+    al., WACV 2021) and DACS (Tranheden et al., WACV 2021). For every sample, ``ceil(n / 2)`` of
+    the ``n`` classes the teacher predicts in the second view are drawn, and their pixels are
+    pasted onto the first view; the returned pixel plan replays that on pseudo-labels,
+    confidences, ignore masks and features like any other plan.
+
+    Args:
+        p: probability that a sample is mixed at all.
+        ignore_index: the invalid label when ``valid`` holds integer label maps.
+
+    ``mixer([x, x_mix], probs=[p, p_mix], valid=[v, v_mix], generator=g)`` (or ``logits=``):
+    ``probs[1]`` gives the classes (its argmax, at its own resolution: the plan is ``(B, h, w)``
+    and the grid rule carries it to any size); ``valid[1]`` pixels that are invalid are never
+    pasted. ``probs[0]`` and ``valid[0]`` are accepted and not used.
+
+    Shapes:
+        - views: 2 tensors ``(B, C, H, W)``; probs / logits: 2 tensors ``(B, K, h, w)``.
+        - output: ``(B, C, H, W)`` and a :class:`MixPlan` with a ``(B, h, w)`` index.
+    """
+
+    def __init__(self, p: float = 1.0, ignore_index: int = 255) -> None:
+        super().__init__()
+        if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
+            raise ValueError(f"p must be in [0, 1], got {p!r}")
+        self.p, self.ignore_index = float(p), int(ignore_index)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+    def forward(self, views: Sequence[Tensor], probs: Optional[Sequence[Tensor]] = None, *,
+                logits: Optional[Sequence[Tensor]] = None,
+                valid: Optional[Sequence[Optional[Tensor]]] = None,
+                generator: Optional[torch.Generator] = None) -> Tuple[Tensor, MixPlan]:
+        B, _, H, W = _check_views(views)
+        if len(views) != 2:
+            raise ValueError(f"ClassMix mixes exactly 2 views, got {len(views)}")
+        if (probs is None) == (logits is None):
+            raise ValueError("ClassMix needs the teacher's predictions: pass exactly one of probs= or logits=")
+        maps, name = (probs, "probs") if probs is not None else (logits, "logits")
+        if isinstance(maps, Tensor) or not isinstance(maps, (list, tuple)) or len(maps) != 2:
+            raise ValueError(f"{name} must be a list of 2 tensors (one per view), got {type(maps).__name__}")
+        pred = _check_tensor(f"{name}[1]", maps[1], ndim=(4,), floating=True)
+        if pred.shape[0] != B or pred.device != views[0].device:
+            raise ValueError(f"{name}[1] must be (B, K, h, w) with B = {B} on {views[0].device}, "
+                             f"got {_shape(pred)} on {pred.device}")
+        mask = None
+        if valid is not None:
+            if not isinstance(valid, (list, tuple)) or len(valid) != 2:
+                raise ValueError(f"valid must be a list of 2 masks (or None entries), got {type(valid).__name__}")
+            if valid[1] is not None:
+                mask = F._as_mask("valid[1]", _check_tensor("valid[1]", valid[1], ndim=(3,)), self.ignore_index)
+                if mask.shape[0] != B or mask.device != pred.device:
+                    raise ValueError(f"valid[1] must be (B, h, w) with B = {B} on {pred.device}, "
+                                     f"got {_shape(mask)} on {mask.device}")
+                mask = F.resize_nearest(mask, tuple(pred.shape[-2:]))
+        index = F.classmix_masks(pred.argmax(1), pred.shape[1], mask, generator=generator)
+        plan = MixPlan(_mix_flags(index, self.p, generator), 2, (H, W))
         return plan.apply(views), plan

@@ -6,7 +6,9 @@
   tells classes apart, and a handful of labels is not enough to learn that.
 - ``pascal`` / ``cityscapes``: UniMatch's directory layout and split files. A split line is
   ``IMAGE_PATH MASK_PATH`` relative to the data root (e.g. ``JPEGImages/2007_000032.jpg
-  SegmentationClass/2007_000032.png``) or a bare PASCAL id. Masks use 255 for ignore.
+  SegmentationClass/2007_000032.png``) or a bare PASCAL id. Masks hold class indices with 255
+  for ignore (Cityscapes: ``*_labelTrainIds.png``). Every listed file is checked up front, and
+  a mask value outside the classes is an error naming the file; unlabeled masks are never read.
 
 Every training sample gets UniMatch's weak augmentation (random rescale, crop with ignore
 padding, horizontal flip); the strong photometric views are made on-device, batched, by the
@@ -151,7 +153,7 @@ class SemiDataset(Dataset):
         key = ((self.seed * 1_000_003 + self.epoch) * 3 + (self.mode == "unlabeled")) * 10_000_019 + index
         g = torch.Generator().manual_seed(key % (2**63 - 1))
         if self.mode == "unlabeled":
-            mask = torch.zeros_like(mask)  # only the padding of the crop is ignored
+            mask = torch.zeros_like(mask)  # labels are never read: only the padding of the crop is ignored
         return weak_augment(img, mask, self.crop, g, self.scale)
 
 
@@ -170,8 +172,14 @@ def shapes_splits(num_labeled: int, num_unlabeled: int, num_val: int, size: int,
 
 # --- real layouts -------------------------------------------------------------------------------
 
-def read_split(path: str) -> List[Tuple[str, str]]:
+class DataError(ValueError):
+    """A dataset problem found before (or while) reading: the message names the file."""
+
+
+def read_split(path: str, flag: str = "split file") -> List[Tuple[str, str]]:
     """Lines ``IMAGE MASK`` (UniMatch) or a bare PASCAL id -> ``[(image_rel, mask_rel)]``."""
+    if not os.path.isfile(path):
+        raise DataError(f"{flag} {path} does not exist")
     pairs = []
     with open(path) as f:
         for line in f:
@@ -182,35 +190,67 @@ def read_split(path: str) -> List[Tuple[str, str]]:
                 parts = [f"JPEGImages/{parts[0]}.jpg", f"SegmentationClass/{parts[0]}.png"]
             pairs.append((parts[0], parts[1]))
     if not pairs:
-        raise ValueError(f"split file {path} lists no samples")
+        raise DataError(f"{flag} {path} lists no samples")
     return pairs
 
 
-def image_loader(root: str, dataset: str):
-    """A picklable loader reading ``(image float [0, 1] (3, H, W), mask int64 (H, W))`` with Pillow."""
-    return _ImageLoader(root, dataset)
+def check_files(root: str, splits) -> None:
+    """Every listed image (and the masks of labeled and validation samples) exists under ``root``.
+
+    ``splits``: ``[(flag, pairs, needs_masks)]``. Raises :class:`DataError` with the count and
+    the first missing paths, before anything is built.
+    """
+    if not os.path.isdir(root):
+        raise DataError(f"--data-root {root} is not a directory")
+    missing = []
+    for flag, pairs, needs_masks in splits:
+        for image, mask in pairs:
+            for rel in (image, mask) if needs_masks else (image,):
+                if not os.path.isfile(os.path.join(root, rel)):
+                    missing.append(f"{rel} ({flag})")
+    if missing:
+        raise DataError(f"{len(missing)} file(s) listed in the split files are missing under {root}, e.g.\n  "
+                        + "\n  ".join(missing[:5]))
 
 
 class _ImageLoader:
-    def __init__(self, root: str, dataset: str) -> None:
-        self.root, self.dataset = root, dataset
+    """Reads ``(image float [0, 1] (3, H, W), mask int64 (H, W))`` with Pillow; picklable for workers.
 
-    def __call__(self, image_rel: str, mask_rel: str) -> Tuple[Tensor, Tensor]:
+    ``mask_rel=None`` (unlabeled samples) reads no mask. A mask with a value outside
+    ``0..num_classes-1`` and 255 is an error that names the file and the values.
+    """
+
+    def __init__(self, root: str, dataset: str, num_classes: int) -> None:
+        self.root, self.dataset, self.num_classes = root, dataset, num_classes
+
+    def __call__(self, image_rel: str, mask_rel: Optional[str]) -> Tuple[Tensor, Tensor]:
         from PIL import Image  # examples extra
 
         img = np.asarray(Image.open(os.path.join(self.root, image_rel)).convert("RGB"), dtype=np.uint8)
+        image = torch.from_numpy(img.copy()).permute(2, 0, 1).float() / 255
+        if mask_rel is None:
+            return image, torch.zeros(img.shape[:2], dtype=torch.long)
         mask_path = os.path.join(self.root, mask_rel)
-        if os.path.exists(mask_path):
-            # PASCAL masks are palette PNGs: the palette index is the class, 255 the boundary.
-            mask = torch.from_numpy(np.array(Image.open(mask_path), dtype=np.int64))
-        else:  # unlabeled entries need no mask
-            mask = torch.zeros(img.shape[:2], dtype=torch.long)
-        return torch.from_numpy(img.copy()).permute(2, 0, 1).float() / 255, mask
+        # PASCAL masks are palette PNGs: the palette index is the class, 255 the boundary.
+        mask = torch.from_numpy(np.array(Image.open(mask_path), dtype=np.int64))
+        if mask.shape != image.shape[1:]:
+            raise DataError(f"{mask_path}: mask is {tuple(mask.shape)} but image {image_rel} is {tuple(image.shape[1:])}")
+        bad = mask[(mask != IGNORE) & ((mask < 0) | (mask >= self.num_classes))]
+        if bad.numel():
+            values = bad.unique()
+            hint = (" (Cityscapes needs labelTrainIds masks, not labelIds)" if self.dataset == "cityscapes" else "")
+            raise DataError(f"{mask_path}: label values {values[:10].tolist()} outside 0..{self.num_classes - 1} "
+                            f"and {IGNORE}{hint}")
+        return image, mask
 
 
 def real_splits(dataset: str, root: str, labeled_ids: str, unlabeled_ids: str, val_ids: str):
-    lab, unl, val = read_split(labeled_ids), read_split(unlabeled_ids), read_split(val_ids)
+    """Lists and loader of a PASCAL / Cityscapes layout, every file checked before training starts."""
+    lab = read_split(labeled_ids, "--labeled-ids")
+    unl = read_split(unlabeled_ids, "--unlabeled-ids")
+    val = read_split(val_ids, "--val-ids")
+    check_files(root, [("--labeled-ids", lab, True), ("--unlabeled-ids", unl, False), ("--val-ids", val, True)])
 
-    def cols(pairs):
-        return [p[0] for p in pairs], [p[1] for p in pairs]
-    return cols(lab), cols(unl), cols(val), image_loader(root, dataset)
+    def cols(pairs, masks=True):
+        return [p[0] for p in pairs], [p[1] if masks else None for p in pairs]
+    return cols(lab), cols(unl, masks=False), cols(val), _ImageLoader(root, dataset, NUM_CLASSES[dataset])

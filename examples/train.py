@@ -24,71 +24,111 @@ relations, mixed with the same plan, into the strong streams.
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
 import sys
-import time
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+EXAMPLE = f"python {Path(__file__).name}"
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data import IGNORE, NUM_CLASSES, SHAPE_CLASSES, SemiDataset, real_splits, shapes_splits  # noqa: E402
-from model import DeepLabV3Plus  # noqa: E402
 
-from entropymix import CutMix, EntropyMix, SPEEDLoss  # noqa: E402
-from entropymix.functional import set_compile  # noqa: E402
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+LAYOUTS = """data layouts (UniMatch's split files: one 'IMAGE MASK' line per sample, paths relative to --data-root):
+  pascal      JPEGImages/*.jpg and SegmentationClass/*.png (or SegmentationClassAug/*.png): palette PNGs whose
+              index is the class 0..20, 255 on boundaries. A bare id per line means JPEGImages/<id>.jpg and
+              SegmentationClass/<id>.png.
+  cityscapes  leftImg8bit/{train,val}/<city>/*_leftImg8bit.png and gtFine/{train,val}/<city>/*_gtFine_labelTrainIds.png:
+              masks must be labelTrainIds (0..18, 255 ignore), made by cityscapesscripts' createTrainIdLabelImgs;
+              the raw labelIds masks (0..33) are refused with the file named.
+  Unlabeled entries need no mask file. Every listed file is checked before training starts."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", choices=["supervised", "fixmatch", "unimatch"], default="unimatch")
-    p.add_argument("--mix", choices=["cutmix", "entropymix"], default="entropymix")
+    p = argparse.ArgumentParser(description=__doc__, epilog=LAYOUTS, formatter_class=_Formatter)
+    p.add_argument("--method", choices=["supervised", "fixmatch", "unimatch"], default="unimatch",
+                   help="training recipe (supervised: the labeled images alone)")
+    p.add_argument("--mix", choices=["cutmix", "entropymix", "classmix"], default="entropymix",
+                   help="how strong views are mixed with a second unlabeled batch")
     p.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True, help="add SPEEDLoss")
     p.add_argument("--speed-weight", type=float, default=0.5, help="weight of SPEEDLoss in the total loss")
     p.add_argument("--grid", type=int, default=4, help="EntropyMix grid (G x G)")
     p.add_argument("--second-select", default="sample", choices=["max", "min", "sample", "random"],
-                   help="EntropyMix selection of the second strong stream (the first uses 'max')")
+                   help="EntropyMix selection of the second strong stream")
+    p.add_argument("--first-select", default="max", choices=["max", "min", "sample", "random"],
+                   help="EntropyMix selection of the first strong stream (random: grid patches, entropy ignored)")
+    p.add_argument("--views", type=int, default=2, help="EntropyMix views per mixed image (3: a second mixed-in batch)")
     p.add_argument("--conf-thresh", type=float, default=None,
                    help="pseudo-label confidence threshold (default: UniMatch's 0.95 on real data, 0.8 on shapes, "
                         "where the model starts from scratch)")
-    p.add_argument("--dataset", choices=["shapes", "pascal", "cityscapes"], default="shapes")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--labeled-ids", default=None)
-    p.add_argument("--unlabeled-ids", default=None)
-    p.add_argument("--val-ids", default=None)
+    p.add_argument("--dataset", choices=["shapes", "pascal", "cityscapes"], default="shapes",
+                   help="shapes is embedded (generated); the others read the layouts below")
+    p.add_argument("--data-root", default=None, help="dataset root (pascal / cityscapes)")
+    p.add_argument("--labeled-ids", default=None, help="split file of labeled samples")
+    p.add_argument("--unlabeled-ids", default=None, help="split file of unlabeled samples")
+    p.add_argument("--val-ids", default=None, help="split file of validation samples")
     p.add_argument("--num-labeled", type=int, default=64, help="shapes: labeled images")
     p.add_argument("--num-unlabeled", type=int, default=768, help="shapes: unlabeled images")
     p.add_argument("--num-val", type=int, default=200, help="shapes: validation images")
-    p.add_argument("--crop-size", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--crop-size", type=int, default=64, help="training crop (UniMatch: 321 / 513 on VOC, 801 on Cityscapes)")
+    p.add_argument("--epochs", type=int, default=20, help="length of the schedule")
     p.add_argument("--iters-per-epoch", type=int, default=None, help="cap iterations per epoch (smoke runs)")
     p.add_argument("--batch-size", type=int, default=8, help="per process, for labeled and unlabeled batches")
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (poly decay)")
     p.add_argument("--width", type=int, default=32, help="model width")
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="data loader workers")
+    p.add_argument("--seed", type=int, default=0, help="picks the labeled set, the data order and every random draw")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision: bfloat16 autocast on CPU, float16 autocast with a GradScaler on CUDA")
     p.add_argument("--out-dir", default=None, help="default: runs/<dataset>-<method>-<mix>[-speed]-s<seed>")
-    p.add_argument("--resume", action="store_true", help="continue from <out-dir>/latest.pth if present")
+    p.add_argument("--resume", action="store_true", help="continue from <out-dir>/latest.pth")
+    p.add_argument("--overwrite", action="store_true", help="start again even if <out-dir> holds an earlier run")
     p.add_argument("--stop-after", type=int, default=None,
                    help="exit after this many epochs of the --epochs schedule (continue later with --resume)")
     p.add_argument("--compile-entropy", action=argparse.BooleanOptionalAction, default=False,
                    help="EntropyMix's torch.compile fast path (pays off on large probability maps)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    if args.dataset != "shapes" and not all([args.data_root, args.labeled_ids, args.unlabeled_ids, args.val_ids]):
-        p.error(f"--dataset {args.dataset} needs --data-root, --labeled-ids, --unlabeled-ids and --val-ids")
+    if args.dataset != "shapes":
+        missing = [f"--{k.replace('_', '-')}" for k in ("data_root", "labeled_ids", "unlabeled_ids", "val_ids")
+                   if not getattr(args, k)]
+        if missing:
+            p.error(f"--dataset {args.dataset} needs {', '.join(missing)}")
+    if args.views < 2 or (args.views > 2 and args.mix != "entropymix"):
+        p.error(f"--views {args.views}: at least 2, and more than 2 only with --mix entropymix")
     if args.conf_thresh is None:
         args.conf_thresh = 0.8 if args.dataset == "shapes" else 0.95
     if args.out_dir is None:
         tag = "" if args.method == "supervised" else f"-{args.mix}{'-speed' if args.speed else ''}"
         args.out_dir = f"runs/{args.dataset}-{args.method}{tag}-s{args.seed}"
+    ckpt = Path(args.out_dir) / "latest.pth"
+    if ckpt.exists() and not (args.resume or args.overwrite):
+        p.error(f"{args.out_dir} already holds a run ({ckpt}); pass --resume to continue it, "
+                f"or --overwrite to start again and replace it")
     return args
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()  # before importing torch: --help and argument errors answer at once
+
+import inspect  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel  # noqa: E402
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from data import IGNORE, NUM_CLASSES, SHAPE_CLASSES, DataError, SemiDataset, real_splits, shapes_splits  # noqa: E402
+from model import DeepLabV3Plus  # noqa: E402
+
+from entropymix import ClassMix, CutMix, EntropyMix, SPEEDLoss  # noqa: E402
+from entropymix.functional import set_compile  # noqa: E402
 
 
 # --- distributed --------------------------------------------------------------------------------
@@ -114,6 +154,8 @@ def all_reduce(t: torch.Tensor) -> torch.Tensor:
 # --- data ---------------------------------------------------------------------------------------
 
 def build_data(args, world: int):
+    """Loaders: labeled, unlabeled, ``views - 1`` unlabeled passes in other orders (the images mixed
+    in), validation."""
     if args.dataset == "shapes":
         (xl, yl), (xu, yu), (xv, yv) = shapes_splits(args.num_labeled, args.num_unlabeled, args.num_val,
                                                      args.crop_size, args.seed)
@@ -125,8 +167,7 @@ def build_data(args, world: int):
     kw = dict(crop=args.crop_size, seed=args.seed, loader=loader,
               scale=(0.75, 1.5) if args.dataset == "shapes" else (0.5, 2.0))
     unlabeled = SemiDataset(xu, yu, "unlabeled", **kw)
-    # A second pass over the unlabeled set in another order supplies the images mixed in.
-    unlabeled_mix = SemiDataset(xu, yu, "unlabeled", **{**kw, "seed": args.seed + 7})
+    mixed_in = [SemiDataset(xu, yu, "unlabeled", **{**kw, "seed": args.seed + 7 * v}) for v in range(1, args.views)]
     labeled = SemiDataset(xl, yl, "labeled", nsample=len(unlabeled), **kw)
     val = SemiDataset(xv, yv, "val", **kw)
 
@@ -140,9 +181,9 @@ def build_data(args, world: int):
         return DataLoader(ds, batch_size, sampler=sampler, num_workers=args.workers, drop_last=drop_last,
                           pin_memory=torch.cuda.is_available())
     bs = args.batch_size
-    return (loader_for(labeled, True, args.seed, bs), loader_for(unlabeled, True, args.seed + 1, bs),
-            loader_for(unlabeled_mix, True, args.seed + 2, bs),
-            loader_for(val, False, 0, 1 if args.dataset != "shapes" else 25, drop_last=False))
+    train = [loader_for(labeled, True, args.seed, bs), loader_for(unlabeled, True, args.seed + 1, bs)]
+    train += [loader_for(ds, True, args.seed + 1 + v, bs) for v, ds in enumerate(mixed_in, 1)]
+    return train, loader_for(val, False, 0, 1 if args.dataset != "shapes" else 25, drop_last=False)
 
 
 def set_epoch(loaders, epoch: int) -> None:
@@ -201,57 +242,68 @@ def masked_ce(logits, target, confident, valid):
     return (loss * (confident & valid)).sum() / valid.sum().clamp_min(1)
 
 
+def build_mixers(args):
+    """Two mixers, one per strong stream (UniMatch's CutMix draws a box per stream)."""
+    if args.mix == "entropymix":
+        return (EntropyMix(args.grid, select=args.first_select, check_values=False),
+                EntropyMix(args.grid, select=args.second_select, check_values=False))
+    if args.mix == "classmix":
+        return ClassMix(), ClassMix()
+    return CutMix(p=0.5), CutMix(p=0.5)
+
+
 def training_loss(model, batch, args, mixers, speed, strong, mix_gen):
     """One iteration's loss, UniMatch's recipe with the mixer and SPEEDLoss swapped in.
 
-    ``batch`` is ``(img_x, mask_x, img_u_w, ignore, img_m_w, ignore_m)``: labeled images and
-    masks, the weak view of the unlabeled batch and its ignore mask (255 on padding), and the
-    second unlabeled batch whose images are mixed in. Returns the loss and its parts
-    ``(supervised, strong streams, feature perturbation, SPEED)``.
+    ``batch`` is ``(img_x, mask_x, img_u_w, ignore, mixed_in)``: labeled images and masks, the
+    weak view of the unlabeled batch with its ignore mask (255 on padding), and a list of
+    ``(img_m_w, ignore_m)`` unlabeled batches whose images are mixed in (one for 2 views).
+    Returns the loss and its parts ``(supervised, strong streams, feature perturbation, SPEED)``.
     """
-    img_x, mask_x, img_u_w, ignore, img_m_w, ignore_m = batch
+    img_x, mask_x, img_u_w, ignore, mixed_in = batch
     zero = torch.zeros((), device=img_x.device)
     if args.method == "supervised":
         loss_x = F.cross_entropy(model(img_x)[0], mask_x, ignore_index=IGNORE)
         return loss_x, (loss_x, zero, zero, zero)
+    img_m_w = [img for img, _ in mixed_in]
+    ignores = [ignore] + [ign for _, ign in mixed_in]
     with torch.no_grad():  # the teacher's view of the images mixed in (UniMatch: eval mode)
         model.eval()
-        logits_m, feats_m = model(img_m_w)
+        logits_m, feats_m = model(torch.cat(img_m_w))[:2]
+        logits_m, feats_m = logits_m.chunk(len(img_m_w)), feats_m.chunk(len(img_m_w))
         model.train()
-    img_u_s = [strong(img_u_w), strong(img_u_w)]
-    img_m_s = [strong(img_m_w), strong(img_m_w)]
-    num_lb = img_x.shape[0]
     fp = args.method == "unimatch"
+    n_streams = 2 if fp else 1
+    img_u_s = [strong(img_u_w) for _ in range(n_streams)]
+    img_m_s = [[strong(img) for img in img_m_w] for _ in range(n_streams)]
+    num_lb = img_x.shape[0]
     outs = model(torch.cat([img_x, img_u_w]), need_fp=fp)
     pred_x, pred_u_w = outs[0].split([num_lb, img_u_w.shape[0]])
     feats_u_w = outs[1][num_lb:].detach()
     pred_u_w = pred_u_w.detach()
-    probs_u, probs_m = pred_u_w.softmax(1), logits_m.softmax(1)
-    conf_u, mask_u = probs_u.max(1)
-    conf_m, mask_m = probs_m.max(1)
+    # Teacher outputs of every view: logits, features, pseudo-labels, confidences.
+    logits_t = [pred_u_w, *logits_m]
+    feats_t = [feats_u_w, *feats_m]
+    conf_t, label_t = zip(*(z.softmax(1).max(1) for z in logits_t))
 
-    # Mix each strong stream with the second batch; replay the plan on everything else.
+    # Mix each strong stream with the other batches; replay the plan on everything else.
     streams = []
-    for s, mixer in enumerate(mixers[: 2 if fp else 1]):
-        mixed, plan = mixer([img_u_s[s], img_m_s[s]], probs=[probs_u, probs_m],
-                            valid=[ignore != IGNORE, ignore_m != IGNORE], generator=mix_gen)
+    for s in range(n_streams):
+        mixed, plan = mixers[s]([img_u_s[s], *img_m_s[s]], logits=logits_t, valid=ignores, generator=mix_gen)
         streams.append((mixed, plan))
     preds_s, feats_s = model(torch.cat([m for m, _ in streams]))
-    preds_s, feats_s = preds_s.chunk(len(streams)), feats_s.chunk(len(streams))
+    preds_s, feats_s = preds_s.chunk(n_streams), feats_s.chunk(n_streams)
 
     loss_x = F.cross_entropy(pred_x, mask_x, ignore_index=IGNORE)
     loss_s, loss_speed = [], []
     for (mixed, plan), pred_s, feat_s in zip(streams, preds_s, feats_s):
-        target = plan.apply([mask_u, mask_m])
-        conf = plan.apply([conf_u, conf_m])
-        ign = plan.apply([ignore, ignore_m])
-        valid = ign != IGNORE
+        target, conf = plan.apply(list(label_t)), plan.apply(list(conf_t))
+        valid = plan.apply(ignores) != IGNORE
         loss_s.append(masked_ce(pred_s, target, conf >= args.conf_thresh, valid))
         if speed is not None:
-            loss_speed.append(speed(pred_s, plan.apply([pred_u_w, logits_m]),
-                                    feat_s, plan.apply([feats_u_w, feats_m]), valid=valid))
+            loss_speed.append(speed(pred_s, plan.apply(logits_t), feat_s, plan.apply(feats_t), valid=valid))
     if fp:
-        loss_fp = masked_ce(outs[2][num_lb:], mask_u, conf_u >= args.conf_thresh, ignore != IGNORE)
+        loss_fp = masked_ce(outs[2][num_lb:], label_t[0], conf_t[0] >= args.conf_thresh, ignore != IGNORE)
         loss = (loss_x + 0.25 * loss_s[0] + 0.25 * loss_s[1] + 0.5 * loss_fp) / 2
     else:
         loss_fp = zero
@@ -261,96 +313,88 @@ def training_loss(model, batch, args, mixers, speed, strong, mix_gen):
     return loss, (loss_x, torch.stack(loss_s).mean(), loss_fp, loss_sp)
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
+def ddp_wrap(model, device):
+    if device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    # Buffers (BatchNorm statistics) stay rank-local during training, as in UniMatch; torch 2.13
+    # renamed the switch and warns about the old name.
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, **sync)
+
+
+def main(argv=None, args=None) -> dict:
+    args = args if args is not None else parse_args(argv)
     rank, world, device = setup_distributed()
     torch.manual_seed(args.seed + rank)
     set_compile(args.compile_entropy)
     out = Path(args.out_dir)
+    num_classes = NUM_CLASSES[args.dataset]
+    train_loaders, loader_val = build_data(args, world)  # checks every data file before anything is built
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-    num_classes = NUM_CLASSES[args.dataset]
-    loader_l, loader_u, loader_mix, loader_val = build_data(args, world)
     model = DeepLabV3Plus(num_classes, width=args.width).to(device)
     if world > 1:
-        if device.type == "cuda":
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                        broadcast_buffers=False)
+        model = ddp_wrap(model, device)
     net = model.module if world > 1 else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp and amp_dtype == torch.float16)
     strong = strong_augmentation(args.crop_size).to(device)
-    if args.mix == "entropymix":
-        mixers = (EntropyMix(args.grid, select="max", check_values=False),
-                  EntropyMix(args.grid, select=args.second_select, check_values=False))
-    else:
-        mixers = (CutMix(p=0.5), CutMix(p=0.5))
+    mixers = build_mixers(args)
     speed = SPEEDLoss(check_values=False) if args.speed and args.method != "supervised" else None
     mix_gen = torch.Generator().manual_seed(args.seed * 100 + rank)
 
-    iters = min(len(loader_u), args.iters_per_epoch or len(loader_u))
+    iters = min(len(train_loaders[1]), args.iters_per_epoch or len(train_loaders[1]))
     total_iters = iters * args.epochs
-    start_epoch, history, best = 0, [], 0.0
+    start_epoch, history, best = 0, [], 0.0  # start_epoch: epochs already done
     ckpt_path = out / "latest.pth"
     if args.resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
         net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        start_epoch, history, best = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"]
+        scaler.load_state_dict(ckpt.get("scaler", {}))
+        start_epoch, history, best = ckpt["epoch"], ckpt["history"], ckpt["best"]
         rng, mix_rng = ckpt["rng"][rank]  # every rank continues its own random streams
         torch.set_rng_state(rng)
         mix_gen.set_state(mix_rng)
         if rank == 0:
-            print(f"resumed from {ckpt_path} at epoch {start_epoch}")
+            print(f"resumed from {ckpt_path} after epoch {start_epoch}/{args.epochs}")
     progress = rank == 0 and not args.no_progress
 
     last = args.epochs if args.stop_after is None else min(args.epochs, args.stop_after)
-    for epoch in range(start_epoch, last):
-        set_epoch([loader_l, loader_u, loader_mix], epoch)
-        model.train()
-        t0 = time.time()
-        sums = torch.zeros(5, device=device)  # loss, loss_x, loss_s, loss_fp, loss_speed
-        batches = zip(loader_l, loader_u, loader_mix)
-        for i, ((img_x, mask_x), (img_u_w, ignore), (img_m_w, ignore_m)) in enumerate(
-                _progress(batches, progress, f"epoch {epoch + 1}/{args.epochs}", iters)):
-            if i >= iters:
-                break
-            it = epoch * iters + i
-            lr = args.lr * (1 - it / total_iters) ** 0.9
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            img_x, mask_x = img_x.to(device), mask_x.to(device)
-            img_u_w, ignore, img_m_w, ignore_m = (t.to(device) for t in (img_u_w, ignore, img_m_w, ignore_m))
-
-            loss, parts = training_loss(model, (img_x, mask_x, img_u_w, ignore, img_m_w, ignore_m), args,
-                                        mixers, speed, strong, mix_gen)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sums += torch.stack([loss.detach(), *(p.detach() for p in parts)])
-
-        sums = all_reduce(sums) / (iters * world)
-        miou, ious = evaluate(net, loader_val, num_classes, device, progress)
-        best = max(best, miou)
-        record = {"epoch": epoch + 1, "loss": sums[0].item(), "loss_x": sums[1].item(), "loss_s": sums[2].item(),
-                  "loss_fp": sums[3].item(), "loss_speed": sums[4].item(), "miou": miou, "iou": ious,
-                  "lr": lr, "seconds": time.time() - t0}
-        history.append(record)
-        rng = [(torch.get_rng_state(), mix_gen.get_state())] * world
-        if world > 1:
-            dist.all_gather_object(rng, rng[0])
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch + 1, last + 1):  # epochs count from 1 everywhere
+            record = train_one_epoch(model, net, train_loaders, loader_val, optimizer, scaler, amp_dtype, args,
+                                     mixers, speed, strong, mix_gen, epoch, iters, total_iters, num_classes,
+                                     device, progress, world)
+            history.append(record)
+            best = max(best, record["miou"])
+            rng = [(torch.get_rng_state(), mix_gen.get_state())] * world
+            if world > 1:
+                dist.all_gather_object(rng, rng[0])
+            if rank == 0:
+                print(f"epoch {epoch:3d}/{args.epochs}  loss {record['loss']:.4f}  (x {record['loss_x']:.3f}  "
+                      f"s {record['loss_s']:.3f}  fp {record['loss_fp']:.3f}  speed {record['loss_speed']:.4f})  "
+                      f"mIoU {record['miou']:5.2f}  best {best:5.2f}  {record['seconds']:.0f}s", flush=True)
+                torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scaler": scaler.state_dict(), "epoch": epoch, "history": history, "best": best,
+                            "args": vars(args), "rng": rng}, ckpt_path)
+    except KeyboardInterrupt:
         if rank == 0:
-            print(f"epoch {epoch + 1:3d}/{args.epochs}  loss {record['loss']:.4f}  (x {record['loss_x']:.3f}  "
-                  f"s {record['loss_s']:.3f}  fp {record['loss_fp']:.3f}  speed {record['loss_speed']:.4f})  "
-                  f"mIoU {miou:5.2f}  best {best:5.2f}  {record['seconds']:.0f}s", flush=True)
-            torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                        "history": history, "best": best, "args": vars(args), "rng": rng}, ckpt_path)
+            done = f"after epoch {epoch - 1}" if epoch > start_epoch else "before the first epoch ended"
+            saved = f"{ckpt_path} holds epoch {len(history)}" if history else "no checkpoint was saved"
+            argv_resume = " ".join(a for a in sys.argv[1:] if a not in ("--resume", "--overwrite"))
+            print(f"\ninterrupted in epoch {epoch} ({done}; {saved}); continue with:\n"
+                  f"  {EXAMPLE} {argv_resume} --resume".replace("  --resume", " --resume"), file=sys.stderr)
+        raise SystemExit(130)
     result = {"args": vars(args), "world_size": world, "history": history, "best_miou": best,
               "final_miou": history[-1]["miou"] if history else None,
               "classes": list(SHAPE_CLASSES) if args.dataset == "shapes" else None}
     if rank == 0:
         (out / "results.json").write_text(json.dumps(result, indent=1))
-        save_figures(net, loader_val, history, out, device)
+        save_figures(net, loader_val, history, out, device, result["classes"] or [str(c) for c in range(num_classes)])
         print(f"final mIoU {result['final_miou']:.2f}  best {best:.2f}  -> {out}/results.json")
     if dist.is_initialized():
         dist.barrier()
@@ -358,15 +402,51 @@ def main(argv=None) -> dict:
     return result
 
 
-def save_figures(model, loader, history, out: Path, device) -> None:
+def train_one_epoch(model, net, train_loaders, loader_val, optimizer, scaler, amp_dtype, args, mixers, speed,
+                    strong, mix_gen, epoch, iters, total_iters, num_classes, device, progress, world) -> dict:
+    """One epoch (``epoch`` counts from 1) and its evaluation; returns the epoch's record."""
+    set_epoch(train_loaders, epoch - 1)
+    model.train()
+    t0 = time.time()
+    sums = torch.zeros(5, device=device)  # loss, loss_x, loss_s, loss_fp, loss_speed
+    batches = _progress(zip(*train_loaders), progress, f"epoch {epoch}/{args.epochs}", iters)
+    for i, ((img_x, mask_x), (img_u_w, ignore), *mixed_in) in enumerate(batches):
+        if i >= iters:
+            break
+        it = (epoch - 1) * iters + i
+        lr = args.lr * (1 - it / total_iters) ** 0.9
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        img_x, mask_x, img_u_w, ignore = (t.to(device) for t in (img_x, mask_x, img_u_w, ignore))
+        mixed_in = [(img.to(device), ign.to(device)) for img, ign in mixed_in]
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
+            loss, parts = training_loss(model, (img_x, mask_x, img_u_w, ignore, mixed_in), args,
+                                        mixers, speed, strong, mix_gen)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        sums += torch.stack([loss.detach(), *(p.detach() for p in parts)]).float()
+    sums = all_reduce(sums) / (iters * world)
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
+        miou, ious = evaluate(net, loader_val, num_classes, device, progress)
+    return {"epoch": epoch, "loss": sums[0].item(), "loss_x": sums[1].item(), "loss_s": sums[2].item(),
+            "loss_fp": sums[3].item(), "loss_speed": sums[4].item(), "miou": miou, "iou": ious,
+            "lr": lr, "seconds": time.time() - t0}
+
+
+def save_figures(model, loader, history, out: Path, device, classes) -> None:
     """``miou.png`` (mIoU per epoch) and ``predictions.png`` (validation images, labels, predictions)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.plot([h["epoch"] for h in history], [h["miou"] for h in history], marker="o")
     ax.set(xlabel="epoch", ylabel="val mIoU (%)", title=out.name)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "miou.png", dpi=100)
@@ -377,20 +457,26 @@ def save_figures(model, loader, history, out: Path, device) -> None:
     with torch.no_grad():
         pred = model(img[:4].to(device))[0].argmax(1).cpu()
     n = min(4, img.shape[0])
-    fig, axes = plt.subplots(3, n, figsize=(2.2 * n, 6.6), squeeze=False)
-    vmax = max(int(pred.max()), int(mask.masked_fill(mask == IGNORE, 0).max()), 1)
+    cmap = plt.get_cmap("tab20", max(len(classes), 2))
+    fig, axes = plt.subplots(3, n, figsize=(2.2 * n, 7.2), squeeze=False)
     for j in range(n):
         m = mask[j].float().masked_fill(mask[j] == IGNORE, float("nan"))
-        panels = (("image", img[j].permute(1, 2, 0)), ("label", m), ("prediction", pred[j]))
+        panels = (("image", img[j].permute(1, 2, 0)), ("label", m), ("prediction", pred[j].float()))
         for row, (title, data) in enumerate(panels):
-            axes[row, j].imshow(data.numpy(), **({} if row == 0 else {"cmap": "tab20", "vmin": 0, "vmax": vmax,
-                                                                "interpolation": "nearest"}))
+            style = {} if row == 0 else {"cmap": cmap, "vmin": -0.5, "vmax": cmap.N - 0.5, "interpolation": "nearest"}
+            axes[row, j].imshow(data.numpy(), **style)
             axes[row, j].set_axis_off()
             axes[row, j].set_title(title, fontsize=8)
-    fig.tight_layout()
+    shown = sorted(set(pred[:n].unique().tolist()) | set(mask[:n][mask[:n] != IGNORE].unique().tolist()))
+    fig.legend(handles=[Patch(color=cmap(c), label=classes[c]) for c in shown], loc="lower center",
+               ncol=min(len(shown), 6), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(out / "predictions.png", dpi=100)
     plt.close(fig)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main(args=ARGS)
+    except DataError as err:  # a data problem is a one-line message, not a traceback
+        sys.exit(f"{EXAMPLE}: error: {err}")

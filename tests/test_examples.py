@@ -20,16 +20,18 @@ TINY = ["--num-labeled", "4", "--num-unlabeled", "16", "--num-val", "10", "--cro
         "--width", "8", "--iters-per-epoch", "2", "--no-progress"]
 
 
-@pytest.mark.parametrize("method,mix,speed", [
-    ("supervised", "cutmix", False),
-    ("fixmatch", "cutmix", False), ("fixmatch", "entropymix", True),
-    ("unimatch", "cutmix", False), ("unimatch", "cutmix", True),
-    ("unimatch", "entropymix", False), ("unimatch", "entropymix", True),
+@pytest.mark.parametrize("method,mix,speed,extra", [
+    ("supervised", "cutmix", False, []),
+    ("fixmatch", "entropymix", True, []),
+    ("unimatch", "cutmix", False, []),
+    ("unimatch", "classmix", True, []),
+    ("unimatch", "entropymix", True, ["--views", "3", "--first-select", "random"]),
+    ("unimatch", "entropymix", True, ["--amp"]),
 ])
-def test_every_method_and_mixer_runs(tmp_path, method, mix, speed):
+def test_every_method_and_mixer_runs(tmp_path, method, mix, speed, extra):
     out = tmp_path / "run"
     res = train.main(TINY + ["--method", method, "--mix", mix, "--speed" if speed else "--no-speed",
-                             "--epochs", "1", "--out-dir", str(out)])
+                             "--epochs", "1", "--out-dir", str(out), *extra])
     (record,) = res["history"]
     assert np.isfinite(record["loss"]) and 0 <= record["miou"] <= 100
     assert len(record["iou"]) == len(data.SHAPE_CLASSES)
@@ -41,12 +43,15 @@ def test_every_method_and_mixer_runs(tmp_path, method, mix, speed):
     assert json.loads((out / "results.json").read_text())["final_miou"] == record["miou"]
 
 
-def test_resume_continues_exactly_where_it_stopped(tmp_path):
+def test_resume_continues_exactly_where_it_stopped(tmp_path, capsys):
     args = TINY + ["--seed", "3"]
     straight = train.main(args + ["--epochs", "2", "--out-dir", str(tmp_path / "a")])
     train.main(args + ["--epochs", "2", "--stop-after", "1", "--out-dir", str(tmp_path / "b")])
     resumed = train.main(args + ["--epochs", "2", "--resume", "--out-dir", str(tmp_path / "b")])
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    with pytest.raises(SystemExit):  # a re-run without --resume never replaces the earlier run's checkpoint
+        train.parse_args(args + ["--epochs", "2", "--out-dir", str(tmp_path / "b")])
+    assert "already holds a run" in capsys.readouterr().err
     for a, b in zip(straight["history"], resumed["history"]):  # same seed: the same run, bit for bit
         assert a["loss"] == b["loss"] and a["miou"] == b["miou"]
 
@@ -91,7 +96,7 @@ def test_pascal_layout_and_split_files(tmp_path):
     unl.write_text("".join(f"{i}\n" for i in ids[2:5]))  # bare ids are accepted too
     val.write_text("".join(f"JPEGImages/{i}.jpg SegmentationClass/{i}.png\n" for i in ids[4:]))
     pairs = data.read_split(str(lab))
-    img, mask = data.image_loader(str(root), "pascal")(*pairs[0])
+    img, mask = data._ImageLoader(str(root), "pascal", 21)(*pairs[0])
     assert img.shape == (3, 40, 48) and img.dtype == torch.float32 and 0 <= img.min() and img.max() <= 1
     assert mask.shape == (40, 48) and mask.dtype == torch.int64
     assert (mask[:2] == 255).all() and mask[2:].max() < 21
@@ -122,3 +127,83 @@ def test_shapes_dataset_is_deterministic_and_class_is_the_shape():
     means = {c: x1.permute(1, 0, 2, 3)[:, y1 == c].mean(1) for c in y1.unique().tolist() if c > 0}
     spread = torch.stack(list(means.values())).std(0)
     assert (spread < 0.2).all()
+
+
+def test_amp_training_step_is_finite_and_decreasing():
+    """The UniMatch step under bfloat16 autocast (the example's --amp on CPU), on one fixed batch."""
+    args = train.parse_args(TINY + ["--out-dir", "unused", "--overwrite"])
+    torch.manual_seed(0)
+    model = train.DeepLabV3Plus(6, width=8)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    x, y = data.make_shapes(8, 32, seed=0)
+    batch = (x[:4], y[:4], x[4:], torch.zeros(4, 32, 32, dtype=torch.long), [(x[:4].flip(-1), y[:4] * 0)])
+    losses = []
+    for _ in range(6):
+        torch.manual_seed(1)  # the same strong views every step: only the weights change
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _ = train.training_loss(model, batch, args, train.build_mixers(args), train.SPEEDLoss(),
+                                          train.strong_augmentation(32), g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+
+
+def test_ctrl_c_names_the_resume_command(tmp_path, monkeypatch, capsys):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "train_one_epoch", interrupted)
+    with pytest.raises(SystemExit) as exit_:
+        train.main(TINY + ["--epochs", "1", "--out-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 130 and "interrupted in epoch 1" in err and err.strip().endswith("--resume")
+
+
+def _splits(tmp_path, ids, lab_line=lambda i: f"JPEGImages/{i}.jpg SegmentationClass/{i}.png"):
+    files = {}
+    for name, sel in (("labeled", ids[:2]), ("unlabeled", ids[2:4]), ("val", ids[4:])):
+        files[name] = tmp_path / f"{name}.txt"
+        files[name].write_text("".join(lab_line(i) + "\n" for i in sel))
+    return ["--labeled-ids", str(files["labeled"]), "--unlabeled-ids", str(files["unlabeled"]),
+            "--val-ids", str(files["val"])]
+
+
+def test_missing_files_and_a_wrong_root_fail_before_training(tmp_path):
+    root = tmp_path / "VOC2012"
+    ids = _fake_voc(root)
+    (root / "SegmentationClass" / f"{ids[0]}.png").unlink()       # a labeled mask
+    (root / "SegmentationClass" / f"{ids[2]}.png").unlink()       # an unlabeled mask: not needed
+    split = _splits(tmp_path, ids)
+    with pytest.raises(data.DataError, match=rf"(?s)1 file\(s\) .*missing.*SegmentationClass/{ids[0]}.png \(--labeled-ids\)"):
+        data.real_splits("pascal", str(root), *split[1::2])
+    with pytest.raises(data.DataError, match=r"--data-root .*nowhere is not a directory"):
+        data.real_splits("pascal", str(tmp_path / "nowhere"), *split[1::2])
+    with pytest.raises(data.DataError, match=r"--val-ids .*none.txt does not exist"):
+        data.real_splits("pascal", str(root), split[1], split[3], str(tmp_path / "none.txt"))
+    # the command line: one line on stderr, nothing trained, no traceback
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "train.py"), "--dataset", "pascal", "--data-root",
+                           str(root), *split, "--out-dir", str(tmp_path / "run")], capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "missing" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_mask_values_outside_the_classes_name_the_file(tmp_path):
+    from PIL import Image
+    root = tmp_path / "cs"
+    ids = _fake_voc(root)
+    Image.fromarray(np.full((40, 48), 33, np.uint8)).save(root / "SegmentationClass" / f"{ids[0]}.png")  # a labelIds value
+    loader = data.real_splits("cityscapes", str(root), *_splits(tmp_path, ids)[1::2])[3]
+    with pytest.raises(data.DataError, match=rf"{ids[0]}.png: label values \[33\] outside 0..18 and 255 .*labelTrainIds"):
+        loader(f"JPEGImages/{ids[0]}.jpg", f"SegmentationClass/{ids[0]}.png")
+    image, mask = loader(f"JPEGImages/{ids[2]}.jpg", None)  # unlabeled: no mask read
+    assert mask.shape == image.shape[1:] and not mask.any()
+
+
+def test_help_is_fast_and_shows_defaults_and_layouts():
+    proc = subprocess.run([sys.executable, "-X", "importtime", str(EXAMPLES / "train.py"), "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "(default: 20)" in proc.stdout and "labelTrainIds" in proc.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()}
+    assert "argparse" in imported and "torch" not in imported  # torch is imported after parsing
