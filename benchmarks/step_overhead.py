@@ -29,10 +29,11 @@ def bench_step(device: torch.device, quick: bool, repeat: int) -> List[Dict]:
     rows = []
     for B, size, K in configs:
         g = torch.Generator().manual_seed(0)
-        batch = (torch.rand(B, 3, size, size, generator=g), torch.randint(0, K, (B, size, size), generator=g),
-                 torch.rand(B, 3, size, size, generator=g), torch.zeros(B, size, size, dtype=torch.long),
-                 torch.rand(B, 3, size, size, generator=g), torch.zeros(B, size, size, dtype=torch.long))
-        batch = tuple(t.to(device) for t in batch)
+        img_x, mask_x, img_u_w, ignore, img_m_w, ignore_m = (t.to(device) for t in (
+            torch.rand(B, 3, size, size, generator=g), torch.randint(0, K, (B, size, size), generator=g),
+            torch.rand(B, 3, size, size, generator=g), torch.zeros(B, size, size, dtype=torch.long),
+            torch.rand(B, 3, size, size, generator=g), torch.zeros(B, size, size, dtype=torch.long)))
+        batch = (img_x, mask_x, img_u_w, ignore, [(img_m_w, ignore_m)])
         model = DeepLabV3Plus(K).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         strong = strong_augmentation(size).to(device)

@@ -7,7 +7,7 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from entropymix import CutMix, EntropyMix, MixPlan
+from entropymix import ClassMix, CutMix, EntropyMix, MixPlan
 from entropymix import functional as F
 from conftest import requires_cuda
 from strategies import FLOAT_DTYPES, naive_cells, random_probs, sizes_and_grid
@@ -388,3 +388,51 @@ def test_apply_promotes_mixed_dtypes_like_torch_where(dtypes, seed):
     assert out.dtype == want
     ref = torch.stack([t.to(want) for t in tensors]).gather(0, plan.source_map((7, 9))[None])[0]
     assert torch.equal(out, ref)
+
+
+# --- ClassMix -----------------------------------------------------------------------------------
+
+@given(B=st.integers(1, 3), C=st.integers(1, 3), sg=sizes_and_grid(max_side=33), K=st.integers(1, 8),
+       div=st.sampled_from([1, 2, 4]), p_valid=st.sampled_from([0.0, 0.6, 1.0]), p=st.sampled_from([0.0, 0.5, 1.0]),
+       use_logits=st.booleans(), seed=st.integers(0, 2**31 - 1))
+@example(B=2, C=3, sg=((321, 321), (1, 1)), K=21, div=4, p_valid=0.9, p=1.0, use_logits=False, seed=0)
+def test_classmix_pastes_exactly_half_of_the_predicted_classes(B, C, sg, K, div, p_valid, p, use_logits, seed):
+    (H, W), _ = sg
+    views, _, g = make_batch(seed, 2, B, C, H, W, K)
+    h, w = max(1, H // div), max(1, W // div)
+    probs = [random_probs(g, (B, K, h, w)) for _ in range(2)]
+    valid_mix = torch.where(torch.rand(B, h, w, generator=g) < p_valid, 0, 255)
+    kw = {"logits": [q.log() for q in probs]} if use_logits else {"probs": probs}
+    mixed, plan = ClassMix(p=p)(views, valid=[None, valid_mix], generator=torch.Generator().manual_seed(seed), **kw)
+    check_conservation(mixed, views, plan)  # every pixel is the same pixel of one view, bit for bit
+    assert plan.grid == (h, w) and plan.num_views == 2
+    labels, valid = probs[1].argmax(1), valid_mix != 255
+    pasted = plan.index.bool()
+    for b in range(B):
+        if not pasted[b].any():
+            if p == 1.0:  # mixed, but nothing to paste only when no valid pixel exists
+                assert not valid[b].any()
+            continue
+        drawn = set(labels[b][pasted[b]].tolist())
+        present = set(labels[b][valid[b]].tolist())
+        assert len(drawn) == (len(present) + 1) // 2 and drawn <= present
+        want = torch.isin(labels[b], torch.tensor(sorted(drawn))) & valid[b]
+        assert torch.equal(pasted[b], want)  # exactly the drawn classes' valid pixels; ignore never pasted
+    # replay: labels, confidences and masks follow the image at the image's resolution
+    y = [torch.randint(0, K, (B, H, W), generator=g) for _ in range(2)]
+    ref = torch.where(plan.source_map((H, W)).bool(), y[1], y[0])
+    assert torch.equal(plan.apply(y), ref)
+    again, plan2 = ClassMix(p=p)(views, valid=[None, valid_mix], generator=torch.Generator().manual_seed(seed), **kw)
+    assert torch.equal(plan2.index, plan.index) and torch.equal(again, mixed)
+
+
+def test_classmix_errors():
+    views = [torch.rand(2, 3, 8, 8) for _ in range(2)]
+    with pytest.raises(ValueError, match="pass exactly one of probs= or logits="):
+        ClassMix()(views)
+    with pytest.raises(ValueError, match=r"ClassMix mixes exactly 2 views, got 3"):
+        ClassMix()(views + views[:1], probs=[torch.rand(2, 4, 8, 8)] * 3)
+    with pytest.raises(ValueError, match=r"probs\[1\] must be \(B, K, h, w\) with B = 2.*got \(3, 4, 8, 8\)"):
+        ClassMix()(views, probs=[None, torch.rand(3, 4, 8, 8)])
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\]"):
+        ClassMix(p=2)
