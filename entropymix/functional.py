@@ -98,10 +98,11 @@ def _entropy_eager(probs: Tensor) -> Tensor:
 
 
 def _entropy_fused(probs: Tensor) -> Tensor:
-    # Same values as _entropy_eager; written with where() because inductor vectorises it, while
-    # its lowering of entr() checks NaN element by element.
+    # entr() written with where(), which inductor vectorises (its lowering of entr() checks NaN
+    # element by element). Same values as entr() on every input, so the compiled and eager paths
+    # agree even with checks off: -p log p for p > 0, 0 at 0, -inf below 0, NaN for NaN (p * 0).
     p = probs.float()
-    return torch.where(p > 0, -p * p.log(), 0.0).sum(1)
+    return torch.where(p > 0, -p * p.log(), torch.where(p < 0, -math.inf, p * 0.0)).sum(1)
 
 
 def _entropy_logits(logits: Tensor) -> Tensor:
@@ -323,8 +324,14 @@ def patch_entropy(entropy: Tensor, grid: Grid, valid: Optional[Tensor] = None, *
 # Selection
 # ----------------------------------------------------------------------------------------------
 
+def _check_generator(generator: object) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__} {generator!r}")
+
+
 def _uniform(shape: Tuple[int, ...], device: torch.device, generator: Optional[torch.Generator]) -> Tensor:
     # Draw on the generator's device so a CPU generator gives the same plan on CPU and CUDA.
+    _check_generator(generator)
     src = generator.device if generator is not None else device
     return torch.rand(shape, generator=generator, device=src).to(device, non_blocking=True)
 

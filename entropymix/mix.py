@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -14,34 +14,58 @@ from .functional import Grid, _check_tensor, _pair, _shape
 __all__ = ["MixPlan", "EntropyMix", "CutMix", "ClassMix"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class MixPlan:
     """Which view every pixel comes from; replay it on labels, confidences and features.
 
     Attributes:
         index: int64 source-view map, ``(B, gh, gw)`` for grid plans or ``(B, H, W)`` for pixel
-            plans. Pixel ``(y, x)`` of an ``(h, w)`` map reads view
+            plans, values in ``[0, num_views)``. Pixel ``(y, x)`` of an ``(h, w)`` map reads view
             ``index[b, floor(y * gh / h), floor(x * gw / w)]``.
         num_views: V, the number of views the plan mixes.
         size: ``(H, W)`` of the images the plan was made for (the default of :meth:`fractions`).
+        check: validate the index values at construction (``ValueError`` outside
+            ``[0, num_views)``); this reads the index back, so the mixers, whose plans are valid
+            by construction, pass ``False``. Dtype and shape are always checked.
 
-    Plain data: picklable, ``.to(device)``-able, and applying it twice gives the same result.
+    Plain data: picklable and loadable with ``torch.load``'s default ``weights_only=True``,
+    ``.to(device)``-able, compared by value (``==``), and applying it twice gives the same
+    result (an in-place edit of ``index`` is seen: cached masks are keyed on its version).
     """
 
     index: Tensor
     num_views: int
     size: Tuple[int, int]
+    check: InitVar[bool] = True
     # Pixel masks per resolution, built once so that mixing images, labels, confidences and
     # masks at one size resizes the plan once. Not part of the data: not compared or pickled.
     _masks: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    def __getstate__(self) -> dict:
-        return {"index": self.index, "num_views": self.num_views, "size": self.size}
+    def __post_init__(self, check: bool) -> None:
+        _check_tensor("index", self.index, ndim=(3,))
+        if self.index.dtype != torch.int64:
+            raise TypeError(f"index must be int64, got {self.index.dtype} {_shape(self.index)}")
+        if isinstance(self.num_views, bool) or not isinstance(self.num_views, int) or self.num_views < 1:
+            raise ValueError(f"num_views must be a positive int, got {self.num_views!r}")
+        object.__setattr__(self, "size", _pair("size", tuple(self.size)))
+        if check and self.index.numel() and self.index.device.type != "meta":
+            lo, hi = int(self.index.min()), int(self.index.max())
+            if lo < 0 or hi >= self.num_views:
+                raise ValueError(f"index values must lie in [0, {self.num_views}) for num_views={self.num_views}, "
+                                 f"got min {lo} and max {hi} in index {_shape(self.index)}")
 
-    def __setstate__(self, state: dict) -> None:
-        for k, v in state.items():
-            object.__setattr__(self, k, v)
-        object.__setattr__(self, "_masks", {})
+    def __reduce__(self):
+        # Rebuilt through the constructor: plain pickle and torch.load(weights_only=True) alike.
+        return (MixPlan, (self.index, self.num_views, self.size, False))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MixPlan):
+            return NotImplemented
+        return (self.num_views == other.num_views and self.size == other.size
+                and self.index.shape == other.index.shape and self.index.device == other.index.device
+                and bool(torch.equal(self.index, other.index)))
+
+    __hash__ = None  # type: ignore[assignment]  # the index is a tensor: compared by value, not hashable
 
     @property
     def grid(self) -> Tuple[int, int]:
@@ -58,9 +82,11 @@ class MixPlan:
         A pure gather (labels stay labels): see :func:`entropymix.functional.apply_plan`.
         """
         size = F._check_plan_inputs(self.index, tensors, self.num_views)
-        masks = self._masks.get(size)
+        key = (size, self.index._version)  # an in-place edit of the index bumps its version
+        masks = self._masks.get(key)
         if masks is None:
-            masks = self._masks[size] = F._view_masks(self.index, self.num_views, size)
+            self._masks.clear()
+            masks = self._masks[key] = F._view_masks(self.index, self.num_views, size)
         return F._mix(masks, tensors)
 
     def source_map(self, size: Optional[Tuple[int, int]] = None) -> Tensor:
@@ -83,7 +109,12 @@ class MixPlan:
         return (onehot * weight[None, :, :, None]).sum((1, 2)).float()
 
     def to(self, device: Union[str, torch.device], non_blocking: bool = False) -> "MixPlan":
-        return MixPlan(self.index.to(device, non_blocking=non_blocking), self.num_views, self.size)
+        """The same plan with its index on ``device``."""
+        return MixPlan(self.index.to(device, non_blocking=non_blocking), self.num_views, self.size, False)
+
+
+# A saved plan loads with torch.load's default weights_only=True.
+torch.serialization.add_safe_globals([MixPlan])
 
 
 def _check_views(views: Sequence[Tensor], min_views: int = 2) -> Tuple[int, int, int, int]:
@@ -168,6 +199,7 @@ class EntropyMix(nn.Module):
                 valid: Optional[Sequence[Optional[Tensor]]] = None,
                 generator: Optional[torch.Generator] = None) -> Tuple[Tensor, MixPlan]:
         B, _, H, W = _check_views(views)
+        F._check_generator(generator)
         V = len(views)
         gh, gw = self.grid
         if gh > H or gw > W:
@@ -181,13 +213,13 @@ class EntropyMix(nn.Module):
             maps, name = (probs, "probs") if probs is not None else (logits, "logits")
             if maps is None:
                 raise ValueError(f"select={self.select!r} needs probs= or logits= for each of the {V} views")
-            cell_entropy, cell_valid = self._cell_entropy(maps, name, valid, B, V)
+            cell_entropy, cell_valid = self._cell_entropy(maps, name, valid, B, V, views[0].device)
         index = F.select_views(cell_entropy, self.select, self.temperature, generator, valid=cell_valid)
-        plan = MixPlan(_mix_flags(index, self.p, generator), V, (H, W))
+        plan = MixPlan(_mix_flags(index, self.p, generator), V, (H, W), False)
         return plan.apply(views), plan
 
     def _cell_entropy(self, maps: Sequence[Tensor], name: str, valid: Optional[Sequence[Optional[Tensor]]],
-                      B: int, V: int) -> Tuple[Tensor, Optional[Tensor]]:
+                      B: int, V: int, device: torch.device) -> Tuple[Tensor, Optional[Tensor]]:
         if isinstance(maps, Tensor) or not isinstance(maps, (list, tuple)) or len(maps) != V:
             got = f"a {type(maps).__name__}" if not isinstance(maps, (list, tuple)) else f"{len(maps)} tensors"
             raise ValueError(f"{name} must be a list of {V} tensors (one per view), got {got}")
@@ -196,6 +228,8 @@ class EntropyMix(nn.Module):
                              f"{'' if not isinstance(valid, (list, tuple)) else f' of length {len(valid)}'}")
         first = _check_tensor(f"{name}[0]", maps[0], ndim=(4,), floating=True)
         h, w = first.shape[-2:]
+        if first.device != device:
+            raise ValueError(f"{name}[0] is on {first.device} but views are on {device}")
         if first.shape[0] != B:
             raise ValueError(f"{name}[0] has batch size {first.shape[0]} but views have {B}: {name}[0] is {_shape(first)}")
         if self.grid[0] > h or self.grid[1] > w:
@@ -258,9 +292,10 @@ class CutMix(nn.Module):
         B, _, H, W = _check_views(views)
         if len(views) != 2:
             raise ValueError(f"CutMix mixes exactly 2 views, got {len(views)}")
+        F._check_generator(generator)
         index = F.cutmix_boxes(B, (H, W), self.p, self.size_min, self.size_max, self.ratio,
                                generator=generator, device=views[0].device)
-        plan = MixPlan(index, 2, (H, W))
+        plan = MixPlan(index, 2, (H, W), False)
         return plan.apply(views), plan
 
 
@@ -303,6 +338,7 @@ class ClassMix(nn.Module):
         B, _, H, W = _check_views(views)
         if len(views) != 2:
             raise ValueError(f"ClassMix mixes exactly 2 views, got {len(views)}")
+        F._check_generator(generator)
         if (probs is None) == (logits is None):
             raise ValueError("ClassMix needs the teacher's predictions: pass exactly one of probs= or logits=")
         maps, name = (probs, "probs") if probs is not None else (logits, "logits")
@@ -323,5 +359,5 @@ class ClassMix(nn.Module):
                                      f"got {_shape(mask)} on {mask.device}")
                 mask = F.resize_nearest(mask, tuple(pred.shape[-2:]))
         index = F.classmix_masks(pred.argmax(1), pred.shape[1], mask, generator=generator)
-        plan = MixPlan(_mix_flags(index, self.p, generator), 2, (H, W))
+        plan = MixPlan(_mix_flags(index, self.p, generator), 2, (H, W), False)
         return plan.apply(views), plan

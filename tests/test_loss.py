@@ -281,3 +281,95 @@ def test_speedloss_backward_inside_autocast_does_not_crash_and_is_float32_math()
     ref = naive_relation(fs.detach(), ft, torch.ones(2, 33, 33, dtype=torch.bool))
     assert abs(terms["relation"].double() - ref) / ref < 1e-3
     assert fs.grad.dtype == torch.bfloat16 and torch.isfinite(fs.grad.float()).all()
+
+
+# --- settings reach their terms; invalid pixels never matter; inputs untouched; cost model -----
+
+@given(fw=st.sampled_from([0.0, 0.3, 2.0]), lw=st.sampled_from([0.0, 0.7, 1.5]), T=st.sampled_from([0.5, 1.0, 4.0]),
+       weighting=st.booleans(), ignore_index=st.sampled_from([255, -1, 3]), method=st.sampled_from(["gram", "naive"]),
+       seed=st.integers(0, 2**31 - 1))
+def test_speedloss_is_the_weighted_sum_of_its_functional_terms(fw, lw, T, weighting, ignore_index, method, seed):
+    if fw == 0 and lw == 0:
+        return
+    g = torch.Generator().manual_seed(seed)
+    zs, zt = torch.randn(2, 5, 6, 7, generator=g), torch.randn(2, 5, 6, 7, generator=g)
+    fs, ft = torch.randn(2, 4, 3, 4, generator=g), torch.randn(2, 6, 3, 4, generator=g)
+    labels = torch.randint(0, 4, (2, 6, 7), generator=g).masked_fill(torch.rand(2, 6, 7, generator=g) < 0.3,
+                                                                     ignore_index)
+    crit = SPEEDLoss(fw, lw, temperature=T, entropy_weighting=weighting, ignore_index=ignore_index,
+                     relation_method=method)
+    total, terms = crit(zs, zt, fs, ft, valid=labels, return_terms=True)
+    want = torch.zeros(())
+    if fw:
+        rel = relation_distillation(fs, ft, labels != ignore_index, method=method)
+        torch.testing.assert_close(terms["relation"], rel)
+        torch.testing.assert_close(rel.double(), naive_relation(fs, ft, resize_nearest(labels != ignore_index, (3, 4))),
+                                   rtol=1e-4, atol=1e-6)
+        want = want + fw * rel
+    if lw:
+        kd = logit_distillation(zs, zt, labels != ignore_index, temperature=T, entropy_weighting=weighting)
+        torch.testing.assert_close(terms["logit"], kd)
+        torch.testing.assert_close(kd.double(), naive_kd(zs, zt, labels != ignore_index, T, weighting),
+                                   rtol=1e-4, atol=1e-6)
+        want = want + lw * kd
+    torch.testing.assert_close(total, want)
+
+
+@given(B=st.integers(1, 3), K=st.integers(1, 6), D=st.integers(1, 8), h=st.integers(1, 9), w=st.integers(1, 9),
+       junk=st.sampled_from([math.nan, math.inf, -math.inf, 1e30]), method=st.sampled_from(["gram", "naive"]),
+       seed=st.integers(0, 2**31 - 1))
+def test_ignored_pixels_never_reach_the_loss_or_its_gradients(B, K, D, h, w, junk, method, seed):
+    g = torch.Generator().manual_seed(seed)
+    zs, zt = torch.randn(B, K, h, w, generator=g), torch.randn(B, K, h, w, generator=g)
+    fs, ft = torch.randn(B, D, h, w, generator=g), torch.randn(B, D + 1, h, w, generator=g)
+    valid = torch.rand(B, h, w, generator=g) < 0.6
+    crit = SPEEDLoss(0.7, 1.3, relation_method=method)
+
+    def run(corrupt):
+        inputs = [t.clone() for t in (zs, zt, fs, ft)]
+        if corrupt:
+            for t in inputs:
+                t.masked_fill_(~valid[:, None], junk)
+        inputs[0].requires_grad_()
+        inputs[2].requires_grad_()
+        loss, terms = crit(*inputs, valid=valid, return_terms=True)
+        loss.backward()
+        return loss, terms, inputs[0].grad, inputs[2].grad
+
+    clean, dirty = run(False), run(True)
+    assert torch.equal(clean[0], dirty[0]) and all(torch.equal(clean[1][k], dirty[1][k]) for k in clean[1])
+    assert torch.equal(clean[2], dirty[2]) and torch.equal(clean[3], dirty[3])
+    assert (dirty[2][~valid[:, None].expand_as(dirty[2])] == 0).all()
+
+
+def test_no_loss_input_is_modified():
+    g = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(2, 3, 5, 5, generator=g), torch.randn(2, 3, 5, 5, generator=g),
+              torch.randn(2, 4, 5, 5, generator=g), torch.randn(2, 2, 5, 5, generator=g),
+              torch.randint(0, 3, (2, 5, 5), generator=g).index_fill_(1, torch.tensor([0]), 255)]
+    inputs[0].requires_grad_()
+    inputs[2].requires_grad_()
+    before = [t.detach().clone() for t in inputs]
+    for method in ("gram", "naive"):
+        SPEEDLoss(temperature=2.0, relation_method=method)(*inputs[:4], valid=inputs[4]).backward()
+        logit_distillation(inputs[0], inputs[1], inputs[4] != 255)
+        relation_distillation(inputs[2], inputs[3], inputs[4], method=method)
+    assert all(torch.equal(a, b) for a, b in zip(inputs, before))
+
+
+@given(N=st.integers(1, 5000), Ds=st.integers(1, 512), Dt=st.integers(1, 512))
+def test_auto_uses_the_cheaper_form(N, Ds, Dt):
+    """Gram costs N (Ds^2 + Ds Dt + Dt^2) multiply-adds, naive N^2 (Ds + Dt + 1): auto takes the smaller."""
+    import entropymix.loss as L
+    calls = []
+    original = L._GramRelation.apply
+    L._GramRelation.apply = lambda *a: calls.append(1) or original(*a)
+    try:
+        h = max(1, int(math.isqrt(N)))
+        w = max(1, N // h)
+        relation_distillation(torch.zeros(1, Ds, h, w, device="meta"), torch.zeros(1, Dt, h, w, device="meta"),
+                              check_values=False)
+    finally:
+        L._GramRelation.apply = original
+    n = h * w
+    assert bool(calls) == (Ds * Ds + Ds * Dt + Dt * Dt <= n * (Ds + Dt + 1))

@@ -436,3 +436,82 @@ def test_classmix_errors():
         ClassMix()(views, probs=[None, torch.rand(3, 4, 8, 8)])
     with pytest.raises(ValueError, match=r"p must be in \[0, 1\]"):
         ClassMix(p=2)
+
+
+# --- invalid pixels never matter; inputs untouched; plans move ----------------------------------
+
+@given(V=st.integers(2, 3), B=st.integers(1, 3), sg=sizes_and_grid(max_side=24), K=st.integers(2, 5),
+       select=st.sampled_from(["max", "min", "sample"]), junk=st.sampled_from([math.nan, math.inf, -1.0, 7.0]),
+       use_logits=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_values_at_ignored_pixels_never_change_cells_or_the_plan(V, B, sg, K, select, junk, use_logits, seed):
+    (H, W), grid = sg
+    views, probs, g = make_batch(seed, V, B, 3, H, W, K)
+    valid = [torch.rand(B, H, W, generator=g) < 0.6 for _ in range(V)]
+    maps = [p.log() for p in probs] if use_logits else probs
+    dirty = [m.masked_fill(~v[:, None], junk) for m, v in zip(maps, valid)]
+    key = "logits" if use_logits else "probs"
+    mixer = EntropyMix(grid, select=select)  # value checks on: they look at valid pixels only
+    a, plan_a = mixer(views, valid=valid, generator=torch.Generator().manual_seed(seed), **{key: maps})
+    b, plan_b = mixer(views, valid=valid, generator=torch.Generator().manual_seed(seed), **{key: dirty})
+    assert torch.equal(plan_a.index, plan_b.index) and torch.equal(a, b)
+    ent = F.entropy(probs[0]).masked_fill(~valid[0], junk)
+    clean_cells = F.patch_entropy(F.entropy(probs[0]), grid, valid[0])
+    assert torch.equal(F.patch_entropy(ent, grid, valid[0]), clean_cells)
+
+
+def test_no_mixing_input_is_modified():
+    views, probs, g = make_batch(0, 3, 2, 3, 17, 19, 4)
+    valid = [torch.randint(0, 3, (2, 17, 19), generator=g).index_fill_(1, torch.tensor([0]), 255) for _ in range(3)]
+    ent = F.entropy(probs[0])
+    inputs = [*views, *probs, *valid, ent]
+    before = [t.clone() for t in inputs]
+    for select in MODES:
+        _, plan = EntropyMix(4, select=select, p=0.5)(views, probs=probs, valid=valid, generator=g)
+        plan.apply(valid)
+        EntropyMix(4, select=select)(views, logits=probs, valid=valid, generator=g)
+    CutMix()(views[:2], generator=g)
+    ClassMix()(views[:2], probs=probs[:2], valid=valid[:2], generator=g)
+    F.patch_entropy(ent, (3, 5), valid[0] != 255)
+    F.patch_entropy(ent, (3, 5))
+    F.select_views(torch.stack([F.patch_entropy(ent, 2)] * 2), "sample", generator=g)
+    F.apply_plan(plan.index, views)
+    F.entropy(probs[1]), F.entropy_from_logits(probs[2])
+    assert all(torch.equal(a, b) for a, b in zip(inputs, before))
+
+
+@given(V=st.integers(1, 4), sg=sizes_and_grid(max_side=20), seed=st.integers(0, 2**31 - 1))
+def test_plan_to_moves_the_index_and_keeps_the_plan(V, sg, seed):
+    (H, W), grid = sg
+    g = torch.Generator().manual_seed(seed)
+    plan = MixPlan(torch.randint(0, V, (2, *grid), generator=g), V, (H, W))
+    moved = plan.to("meta")  # stands in for a GPU
+    assert moved.index.device.type == "meta" and moved.index.shape == plan.index.shape
+    assert (moved.num_views, moved.size, moved.grid) == (plan.num_views, plan.size, plan.grid)
+    out = moved.apply([torch.empty(2, 3, H, W, device="meta")] * V)
+    assert out.device.type == "meta" and out.shape == (2, 3, H, W)
+    back = moved.to("cpu") if False else plan.to("cpu")
+    assert back == plan
+
+
+@given(B=st.integers(1, 8), H=st.integers(2, 48), W=st.integers(2, 48), area=st.sampled_from([0.9, 1.0]),
+       seed=st.integers(0, 2**31 - 1))
+def test_cutmix_fallback_box_is_shifted_inside_the_image(B, H, W, area, seed):
+    """Boxes of 90-100% of the image rarely fit at a random corner, so the fallback runs: it must
+    shift the box inside with its drawn size, never clip it. The observed box must be explained
+    by one aspect r in [0.3, 1/0.3]: width min(floor(sqrt(A / r)), W), height min(floor(sqrt(A r)), H)."""
+    A = area * H * W
+    index = F.cutmix_boxes(B, (H, W), 1.0, area, area, generator=torch.Generator().manual_seed(seed))
+    for b in range(B):
+        ys, xs = index[b].nonzero(as_tuple=True)
+        bh, bw = int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
+        assert index[b].sum() == bh * bw  # one solid rectangle
+        lo, hi = 0.3 - 1e-9, 1 / 0.3 + 1e-9  # the r that give this width, then this height
+        if bw == W:
+            hi = min(hi, A / W**2 + 1e-9)
+        else:
+            lo, hi = max(lo, A / (bw + 1) ** 2), min(hi, A / bw**2 + 1e-9)
+        if bh == H:
+            lo = max(lo, H**2 / A - 1e-9)
+        else:
+            lo, hi = max(lo, bh**2 / A - 1e-9), min(hi, (bh + 1) ** 2 / A)
+        assert lo < hi, (b, bh, bw, H, W)
