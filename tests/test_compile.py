@@ -1,5 +1,6 @@
 """The one test that runs the torch.compile fast path (a compile per shape is too slow for properties)."""
 
+import math
 import warnings
 
 import torch
@@ -32,3 +33,43 @@ def test_compiled_entropy_matches_eager_and_gives_the_same_plan():
     torch.testing.assert_close(fast_z, eager_z, rtol=1e-5, atol=1e-5)
     assert fast_h[:, 0, 0].eq(0).all() and half.dtype == torch.float32
     assert torch.equal(fast_plan.index, eager_plan.index)
+
+
+def test_compiled_and_eager_entropy_agree_on_edge_values():
+    """One shape, one compilation per kernel: one-hot, uniform, zeros, negative, NaN, huge and -inf
+    logits, half precision; checks off, so every input reaches the kernels."""
+    K, shape = 5, (2, 5, 6, 7)
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(shape, generator=g).softmax(1)
+    probs = {
+        "one-hot": torch.nn.functional.one_hot(torch.randint(0, K, (2, 6, 7), generator=g), K).permute(0, 3, 1, 2).float(),
+        "uniform": torch.full(shape, 1 / K),
+        "zeros": torch.zeros(shape),
+        "negative": base - 0.3,
+        "nan": base.masked_fill(base > 0.25, float("nan")),
+        "inf": base.masked_fill(base > 0.25, float("inf")),
+        "bfloat16": base.bfloat16(),
+        "float16": base.half(),
+    }
+    logits = {
+        "huge": torch.randn(shape, generator=g) * 1e4,
+        "-inf class": torch.randn(shape, generator=g).index_fill(1, torch.tensor([0, 2]), -float("inf")),
+        "half": torch.randn(shape, generator=g).half() * 100,
+    }
+    eager = {k: F.entropy(p, check_values=False) for k, p in probs.items()}
+    eager_z = {k: F.entropy_from_logits(z, check_values=False) for k, z in logits.items()}
+    F.set_compile(True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            fast = {k: F.entropy(p, check_values=False) for k, p in probs.items()}
+            fast_z = {k: F.entropy_from_logits(z, check_values=False) for k, z in logits.items()}
+    finally:
+        F.set_compile(False)
+    for k in probs:
+        torch.testing.assert_close(fast[k], eager[k], rtol=1e-5, atol=1e-5, equal_nan=True, msg=k)
+    for k in logits:
+        torch.testing.assert_close(fast_z[k], eager_z[k], rtol=1e-5, atol=1e-5, equal_nan=True, msg=k)
+        assert torch.isfinite(fast_z[k]).all(), k
+    assert fast["one-hot"].eq(0).all() and fast["zeros"].eq(0).all()
+    torch.testing.assert_close(fast["uniform"], torch.full((2, 6, 7), math.log(K)))
