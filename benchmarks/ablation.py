@@ -1,51 +1,108 @@
-"""Accuracy ablation on the embedded dataset: what each piece adds, over several seeds.
+"""Accuracy ablation on the embedded dataset: what each piece adds, paired by seed, with intervals.
 
-    python benchmarks/ablation.py                  # 5 settings x 3 seeds of the default example
-    python benchmarks/ablation.py --quick          # a smoke run (tiny data, a few iterations)
+    python benchmarks/ablation.py --jobs 2          # every setting x 5 seeds (resumable)
+    python benchmarks/ablation.py --noise --jobs 2  # the instrument's noise floor
+    python benchmarks/ablation.py --quick           # a smoke run (tiny data, a few iterations)
 
-Each run is ``examples/train.py`` in its own process, writing to ``runs/ablation/<setting>-s<seed>``;
-a finished run (``results.json`` present) is skipped and an interrupted one resumes from its
-checkpoint, so the whole ablation can be stopped and restarted. Writes a markdown table
-(mean and std of the final mIoU), ``benchmarks/results/ablation.json`` and ``ablation.png``.
+Each run is ``examples/train.py`` in its own process, writing to ``runs/ablation/<setting>-s<seed>``.
+A finished run (``results.json`` present) is skipped and an interrupted one resumes from its
+checkpoint, so the study can span several sittings; the JSON is rewritten after every finished
+run, so a partial study is saved as it grows.
+
+The seed fixes the labeled set, the data order and every random draw, identically for every
+setting, so settings are compared *paired by seed*. A run's score is the mean validation mIoU of
+its last ``--score-epochs`` epochs (less noisy than the final epoch alone). For every setting:
+mean and std over seeds, and the paired difference to its reference (UniMatch + CutMix, and the
+controls listed in ``COMPARISONS``) with a 95% t-interval over seeds. A difference whose interval
+contains 0 is reported as "not distinguishable on this benchmark", whatever its mean.
+
+Writes a markdown table, ``benchmarks/results/ablation.json`` (per-seed scores, per-epoch curves,
+paired differences and intervals), ``ablation.png`` (differences with intervals) and
+``ablation-curves.png`` (mean mIoU per epoch).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "examples" / "train.py"
 
+UNI = ["--method", "unimatch"]
 SETTINGS = {
     "supervised": ["--method", "supervised"],
-    "fixmatch+cutmix": ["--method", "fixmatch", "--mix", "cutmix", "--no-speed"],
-    "unimatch+cutmix": ["--method", "unimatch", "--mix", "cutmix", "--no-speed"],
-    "unimatch+entropymix": ["--method", "unimatch", "--mix", "entropymix", "--no-speed"],
-    "unimatch+entropymix+speed": ["--method", "unimatch", "--mix", "entropymix", "--speed"],
-    # selectable with --settings; not yet part of the default table
-    "unimatch+classmix": ["--method", "unimatch", "--mix", "classmix", "--no-speed"],
-    "unimatch+grid-random": ["--method", "unimatch", "--mix", "entropymix", "--first-select", "random",
-                             "--second-select", "random", "--no-speed"],
-    "unimatch+entropymix-3views": ["--method", "unimatch", "--mix", "entropymix", "--views", "3", "--no-speed"],
+    "unimatch+cutmix": UNI + ["--mix", "cutmix", "--no-speed"],
+    "unimatch+classmix": UNI + ["--mix", "classmix", "--no-speed"],
+    "unimatch+grid-random": UNI + ["--mix", "entropymix", "--first-select", "random", "--second-select", "random",
+                                   "--no-speed"],
+    "unimatch+entropymix": UNI + ["--mix", "entropymix", "--no-speed"],  # streams: max, sample; grid 4
+    "unimatch+entropymix-max-max": UNI + ["--mix", "entropymix", "--second-select", "max", "--no-speed"],
+    "unimatch+entropymix-3views": UNI + ["--mix", "entropymix", "--views", "3", "--no-speed"],
+    "unimatch+entropymix-grid2": UNI + ["--mix", "entropymix", "--grid", "2", "--no-speed"],
+    "unimatch+entropymix-grid8": UNI + ["--mix", "entropymix", "--grid", "8", "--no-speed"],
+    "unimatch+entropymix+speed": UNI + ["--mix", "entropymix", "--speed"],
+    "unimatch+entropymix+speed-relation": UNI + ["--mix", "entropymix", "--speed", "--speed-terms", "relation"],
+    "unimatch+entropymix+speed-logit": UNI + ["--mix", "entropymix", "--speed", "--speed-terms", "logit"],
 }
-DEFAULT_SETTINGS = ["supervised", "fixmatch+cutmix", "unimatch+cutmix", "unimatch+entropymix",
-                    "unimatch+entropymix+speed"]
+BASELINE = "unimatch+cutmix"
+# (setting, reference): the questions the study answers besides "vs UniMatch + CutMix".
+COMPARISONS = [
+    ("unimatch+entropymix", "unimatch+grid-random"),        # does the entropy matter, beyond grid mixing?
+    ("unimatch+entropymix-max-max", "unimatch+entropymix"),  # the second stream's selection
+    ("unimatch+entropymix-3views", "unimatch+entropymix"),   # multi-view mixing
+    ("unimatch+entropymix-grid2", "unimatch+entropymix"),    # grid 2 vs 4
+    ("unimatch+entropymix-grid8", "unimatch+entropymix"),    # grid 8 vs 4
+    ("unimatch+entropymix+speed", "unimatch+entropymix"),    # SPEEDLoss
+    ("unimatch+entropymix+speed-relation", "unimatch+entropymix"),
+    ("unimatch+entropymix+speed-logit", "unimatch+entropymix"),
+    ("unimatch+cutmix", "supervised"),
+]
+NOISE_SETTING = "unimatch+entropymix"
 QUICK = ["--num-labeled", "4", "--num-unlabeled", "16", "--num-val", "10", "--crop-size", "32", "--batch-size", "4",
-         "--width", "8", "--iters-per-epoch", "2", "--epochs", "1"]
+         "--width", "8", "--iters-per-epoch", "2", "--epochs", "2"]
+
+# Two-sided 95% quantiles of Student's t by degrees of freedom (no scipy needed).
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+       11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+       20: 2.086, 25: 2.060, 30: 2.042}
 
 
-def run(setting: str, seed: int, out_root: Path, extra, threads: int) -> dict:
-    out = out_root / f"{setting}-s{seed}"
+def t95(df: int) -> float:
+    return T95.get(df) or T95[max(k for k in T95 if k <= df)]
+
+
+def paired(a: list, b: list) -> dict:
+    """Mean paired difference a - b with its 95% t-interval (None with fewer than 2 pairs)."""
+    d = [x - y for x, y in zip(a, b)]
+    out = {"n": len(d), "differences": d, "mean": statistics.mean(d) if d else None, "low": None, "high": None}
+    if len(d) > 1:
+        half = t95(len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
+        out.update(low=out["mean"] - half, high=out["mean"] + half)
+        out["verdict"] = ("not distinguishable on this benchmark" if out["low"] <= 0 <= out["high"]
+                          else ("better" if out["mean"] > 0 else "worse"))
+    return out
+
+
+def score(result: dict, last: int) -> float:
+    """Mean validation mIoU of the last ``last`` epochs."""
+    tail = [h["miou"] for h in result["history"][-last:]]
+    return statistics.mean(tail)
+
+
+def run(name: str, seed: int, out_root: Path, extra, threads: int) -> dict:
+    out = out_root / f"{name}-s{seed}"
     result = out / "results.json"
     if not result.exists():
-        cmd = [sys.executable, str(TRAIN), *SETTINGS[setting], "--seed", str(seed), "--out-dir", str(out),
+        setting = SETTINGS[name.removesuffix("-repeat")]
+        cmd = [sys.executable, str(TRAIN), *setting, "--seed", str(seed), "--out-dir", str(out),
                "--resume", "--no-progress", *extra]
         print(" ".join(cmd[1:]), flush=True)
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
@@ -53,10 +110,70 @@ def run(setting: str, seed: int, out_root: Path, extra, threads: int) -> dict:
     return json.loads(result.read_text())
 
 
+def summarise(done: dict, settings, seeds, last: int) -> dict:
+    """Per-setting scores over the seeds finished in every compared setting, and paired differences."""
+    table = {}
+    for name in settings:
+        runs = {s: done[name, s] for s in seeds if (name, s) in done}
+        if not runs:
+            continue
+        scores = {s: score(r, last) for s, r in runs.items()}
+        table[name] = {
+            "seeds": sorted(scores), "score": [scores[s] for s in sorted(scores)],
+            "mean": statistics.mean(scores.values()),
+            "std": statistics.stdev(scores.values()) if len(scores) > 1 else 0.0,
+            "final_miou": [runs[s]["final_miou"] for s in sorted(scores)],
+            "curves": {str(s): [h["miou"] for h in runs[s]["history"]] for s in sorted(scores)},
+            "minutes": statistics.mean(sum(h["seconds"] for h in r["history"]) / 60 for r in runs.values()),
+        }
+    comparisons = [(n, BASELINE) for n in table if n != BASELINE] + COMPARISONS
+    diffs = []
+    for a, b in comparisons:
+        if a in table and b in table and (a, b) not in [(d["setting"], d["reference"]) for d in diffs]:
+            common = [s for s in table[a]["seeds"] if s in table[b]["seeds"]]
+            pa = [table[a]["score"][table[a]["seeds"].index(s)] for s in common]
+            pb = [table[b]["score"][table[b]["seeds"].index(s)] for s in common]
+            diffs.append({"setting": a, "reference": b, "seeds": common, **paired(pa, pb)})
+    return {"table": table, "differences": diffs}
+
+
+def noise_floor(done: dict, seeds, last: int) -> dict:
+    """Same seed twice (the run-to-run floor) and the spread over seeds, for one setting."""
+    pairs = [(done[NOISE_SETTING, s], done[NOISE_SETTING + "-repeat", s]) for s in seeds
+             if (NOISE_SETTING, s) in done and (NOISE_SETTING + "-repeat", s) in done]
+    rep = [abs(score(a, last) - score(b, last)) for a, b in pairs]
+    final_rep = [abs(a["final_miou"] - b["final_miou"]) for a, b in pairs]
+    across = [score(done[NOISE_SETTING, s], last) for s in seeds if (NOISE_SETTING, s) in done]
+    finals = [done[NOISE_SETTING, s]["final_miou"] for s in seeds if (NOISE_SETTING, s) in done]
+    return {"setting": NOISE_SETTING, "score_epochs": last, "same_seed_abs_diff": rep, "same_seed_abs_diff_final": final_rep,
+            "seed_std_score": statistics.stdev(across) if len(across) > 1 else None,
+            "seed_std_final": statistics.stdev(finals) if len(finals) > 1 else None, "seeds": list(seeds)}
+
+
+def markdown(summary: dict) -> str:
+    lines = ["| setting | seeds | score mean | std | vs UniMatch + CutMix (95% CI) | verdict | min / run |",
+             "|---|---:|---:|---:|---|---|---:|"]
+    by_pair = {(d["setting"], d["reference"]): d for d in summary["differences"]}
+    for name, row in summary["table"].items():
+        d = by_pair.get((name, BASELINE))
+        ci = "-" if not d or d["low"] is None else f"{d['mean']:+.2f} ({d['low']:+.2f}, {d['high']:+.2f})"
+        lines.append(f"| {name} | {len(row['seeds'])} | {row['mean']:.2f} | {row['std']:.2f} | {ci} | "
+                     f"{(d or {}).get('verdict', '-')} | {row['minutes']:.1f} |")
+    lines += ["", "| comparison | seeds | mean difference (95% CI) | verdict |", "|---|---:|---|---|"]
+    for d in summary["differences"]:
+        if d["reference"] != BASELINE and d["low"] is not None:
+            lines.append(f"| {d['setting']} - {d['reference']} | {d['n']} | {d['mean']:+.2f} ({d['low']:+.2f}, "
+                         f"{d['high']:+.2f}) | {d['verdict']} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS, choices=list(SETTINGS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--noise", action="store_true",
+                    help=f"measure the noise floor: {NOISE_SETTING} twice per seed (same seed, same code)")
+    ap.add_argument("--score-epochs", type=int, default=5, help="a run's score: mean mIoU of its last N epochs")
     ap.add_argument("--out-root", type=Path, default=ROOT / "runs" / "ablation")
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "ablation.json")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run")
@@ -65,48 +182,77 @@ def main(argv=None) -> dict:
     if args.quick:
         extra = QUICK + extra
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    jobs = [(s, seed) for s in args.settings for seed in args.seeds]
+    if args.noise:
+        jobs = [(n, s) for s in args.seeds for n in (NOISE_SETTING, NOISE_SETTING + "-repeat")]
+    else:  # seed-major: a partial study holds whole seeds of every setting
+        jobs = [(n, s) for s in args.seeds for n in args.settings]
+    old = json.loads(args.results.read_text()) if args.results.exists() else {}
+    done: dict = {}
+    summary: dict = {}
+
+    def save():
+        nonlocal summary
+        summary = summarise(done, args.settings, args.seeds, args.score_epochs)
+        out = {**{k: v for k, v in old.items() if k == "noise"}, "extra_args": extra, "seeds": args.seeds,
+               "score": f"mean validation mIoU of the last {args.score_epochs} epochs", **summary,
+               "finished_runs": len([k for k in done if not k[0].endswith("-repeat")])}
+        if args.noise:
+            out["noise"] = noise_floor(done, args.seeds, args.score_epochs)
+            out.update({k: v for k, v in old.items() if k not in ("noise", "extra_args")})
+            out["noise"]["extra_args"] = extra
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(out, indent=1))
+        return out
+
     with ThreadPoolExecutor(args.jobs) as pool:
-        done = dict(zip(jobs, pool.map(lambda j: run(*j, args.out_root, extra, threads), jobs)))
-    table = {}
-    for setting in args.settings:
-        runs = [done[setting, seed] for seed in args.seeds]
-        finals = [r["final_miou"] for r in runs]
-        table[setting] = {"seeds": args.seeds, "final_miou": finals, "mean": statistics.mean(finals),
-                          "std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
-                          "best_miou": [r["best_miou"] for r in runs],
-                          "minutes": sum(h["seconds"] for r in runs for h in r["history"]) / 60 / len(runs)}
-    base = table.get("supervised", {}).get("mean")
-    lines = ["| setting | mIoU mean | std | vs supervised | per seed | minutes / run |", "|---|---:|---:|---:|---|---:|"]
-    for name, row in table.items():
-        delta = "-" if base is None else f"{row['mean'] - base:+.2f}"
-        seeds = ", ".join(f"{v:.2f}" for v in row["final_miou"])
-        lines.append(f"| {name} | {row['mean']:.2f} | {row['std']:.2f} | {delta} | {seeds} | {row['minutes']:.1f} |")
-    print("\n" + "\n".join(lines))
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps({"extra_args": extra, "table": table}, indent=1))
-    plot(table, args.results.with_suffix(".png"))
-    print(f"\nwrote {args.results} and {args.results.with_suffix('.png')}")
-    return table
+        futures = {pool.submit(run, n, s, args.out_root, extra, threads): (n, s) for n, s in jobs}
+        for fut in as_completed(futures):
+            done[futures[fut]] = fut.result()
+            save()  # the partial study is on disk as it grows
+    out = save()
+    if args.noise:
+        print(json.dumps(out["noise"], indent=1))
+    else:
+        print("\n" + markdown(summary))
+        plot(summary, args.results.with_suffix(".png"), args.results.with_name(args.results.stem + "-curves.png"))
+        print(f"\nwrote {args.results} and its plots")
+    return summary["table"]
 
 
-def plot(table, path: Path) -> None:
+def plot(summary: dict, diff_path: Path, curve_path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(table)
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    ax.bar(range(len(names)), [table[n]["mean"] for n in names], yerr=[table[n]["std"] for n in names],
-           capsize=4, color="#4C72B0")
-    for i, n in enumerate(names):
-        ax.scatter([i] * len(table[n]["final_miou"]), table[n]["final_miou"], color="black", s=8, zorder=3)
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, rotation=15, fontsize=8)
-    ax.set_ylabel("val mIoU (%)")
-    ax.grid(axis="y", alpha=0.3)
+    diffs = [d for d in summary["differences"] if d["low"] is not None]
+    if diffs:
+        fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(diffs) + 1.2))
+        for i, d in enumerate(diffs):
+            colour = "#999999" if d["low"] <= 0 <= d["high"] else ("#2a9d3f" if d["mean"] > 0 else "#c0392b")
+            ax.errorbar(d["mean"], i, xerr=[[d["mean"] - d["low"]], [d["high"] - d["mean"]]], fmt="o", color=colour,
+                        capsize=3)
+            ax.scatter(d["differences"], [i] * len(d["differences"]), s=6, color="black", zorder=3)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_yticks(range(len(diffs)))
+        ax.set_yticklabels([f"{d['setting']} - {d['reference']}" for d in diffs], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("paired mIoU difference, mean and 95% CI (grey: contains 0)")
+        ax.grid(axis="x", alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(diff_path, dpi=110)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    for name, row in summary["table"].items():
+        curves = list(row["curves"].values())
+        n = min(len(c) for c in curves)
+        mean = [statistics.mean(c[e] for c in curves) for e in range(n)]
+        ax.plot(range(1, n + 1), mean, label=f"{name} ({len(curves)} seeds)", lw=1.2)
+    ax.set(xlabel="epoch", ylabel="val mIoU (%), mean over seeds")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(curve_path, dpi=110)
     plt.close(fig)
 
 

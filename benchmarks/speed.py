@@ -167,15 +167,20 @@ def bench_mix(device, B, H, K, V, dtype, repeat, grid=(4, 4)) -> List[Dict]:
         return [fresh.apply(q) for q in quads]
     add("MixPlan.apply (4 tensors)", apply4)
 
-    def full():
-        _, p = mixer(xs, probs=probs)
-        return [p.apply(q) for q in quads[1:]]
+    def full_call(m):
+        def full():
+            _, p = m(xs, probs=probs)
+            return [p.apply(q) for q in quads[1:]]
+        return full
+    default, unchecked = full_call(EntropyMix(grid)), full_call(EntropyMix(grid, check_values=False))
     compiled = F._COMPILE["enabled"]
-    F.set_compile(False)
-    add("EntropyMix full call, eager entropy", full)
     if compiled:
-        F.set_compile(True)
-        add("EntropyMix full call, compiled entropy", full, "fast path")
+        add("EntropyMix() as constructed: checks on, compiled (default)", default, "headline")
+        add("EntropyMix(check_values=False), compiled", unchecked)
+    F.set_compile(False)
+    add("EntropyMix() checks on, eager entropy", default)
+    add("EntropyMix(check_values=False), eager entropy", unchecked)
+    F.set_compile(compiled)
     # Ratio to UniMatch's CutMix where it applies (V = 2), else to the torch.where floor.
     base = next(r for r in rows if r["note"].startswith("baseline") or r["method"].startswith("memory floor: torch"))
     for r in rows:
@@ -206,6 +211,62 @@ def bench_relation(device, B, D, side, repeat, mem_budget_gb) -> List[Dict]:
     if rows[1]["ms"] and rows[0]["ms"]:
         rows[0]["speedup_vs_naive"] = rows[1]["ms"] / rows[0]["ms"]
     return rows
+
+
+# --- compilation: the cold first call and recompilations over shapes ----------------------------
+
+def bench_compile(device, quick: bool) -> List[Dict]:
+    """The first call after a fresh start (compilation included) next to the steady state, and
+    the graphs compiled over a sweep of crops and batch sizes (the goal: one)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    F.set_compile(True)
+    torch._dynamo.reset()
+    counters.clear()
+    F._COMPILED.clear()
+    F._ANNOUNCED.clear()
+    g = torch.Generator().manual_seed(0)
+    B, H, K = (2, 65, 21) if quick else (8, 321, 21)
+    views = [torch.rand(B, 3, H, H, generator=g).to(device) for _ in range(2)]
+    probs = [(torch.randn(B, K, H, H, generator=g) * 3).softmax(1).to(device) for _ in range(2)]
+    mixer = EntropyMix(4)
+    _sync(device)
+    t0 = time.perf_counter()
+    mixer(views, probs=probs)
+    _sync(device)
+    first = (time.perf_counter() - t0) * 1e3
+    steady = time_ms(lambda: mixer(views, probs=probs), device, 5, warmup=1)
+    rows = [{"device": device.type, "what": f"first EntropyMix call, B={B}, {H}x{H}, K={K}, inductor's disk cache warm",
+             "ms": first, "steady_ms": steady, "extra_s": (first - steady) / 1e3}]
+    if device.type == "cpu":
+        rows.append({"device": device.type, **_cold_start(B, H, K, steady)})
+    sweep = [(8, 257, 257), (8, 321, 321), (8, 385, 417), (1, 321, 321), (5, 321, 321)]
+    if quick:
+        sweep = [(b, h // 4, w // 4) for b, h, w in sweep]
+    for b, h, w in sweep:
+        v = [torch.rand(b, 3, h, w, generator=g).to(device) for _ in range(2)]
+        p = [torch.rand(b, K, h, w, generator=g).softmax(1).to(device) for _ in range(2)]
+        mixer(v, probs=p)
+    rows.append({"device": device.type, "what": "graphs compiled over crops 257^2, 321^2, 385x417 and batches 1, 5, 8"
+                 + (" (quarter size)" if quick else ""), "graphs": counters["stats"]["unique_graphs"]})
+    return rows
+
+
+def _cold_start(B: int, H: int, K: int, steady: float) -> Dict:
+    """The first call of a fresh process with an empty inductor cache: what a first run pays."""
+    import subprocess
+    import tempfile
+    code = (f"import time, torch; from entropymix import EntropyMix; g = torch.Generator().manual_seed(0); "
+            f"v = [torch.rand({B}, 3, {H}, {H}, generator=g) for _ in range(2)]; "
+            f"p = [(torch.randn({B}, {K}, {H}, {H}, generator=g) * 3).softmax(1) for _ in range(2)]; "
+            f"m = EntropyMix(4); t = time.perf_counter(); m(v, probs=p); print((time.perf_counter() - t) * 1e3)")
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache, ENTROPYMIX_COMPILE="1")
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    first = float(out.stdout.strip().splitlines()[-1])
+    return {"what": f"first EntropyMix call of a new process, empty inductor cache, B={B}, {H}x{H}, K={K}",
+            "ms": first, "steady_ms": steady, "extra_s": (first - steady) / 1e3}
 
 
 # --- tables ------------------------------------------------------------------------------------
@@ -251,7 +312,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true", help="small sizes, few repeats (a smoke run)")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--repeat", type=int, default=None, help="timed runs per figure (default 15, quick 3)")
-    ap.add_argument("--sections", default="mix,relation,step", help="comma list of: mix, relation, step")
+    ap.add_argument("--sections", default="mix,compile,relation,step",
+                    help="comma list of: mix, compile, relation, step")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile fast-path rows")
     ap.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/speed-<dev>.json)")
@@ -266,7 +328,7 @@ def main(argv=None) -> dict:
     result = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
                           "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
-              "quick": args.quick, "mix": [], "relation": [], "step": []}
+              "load": os.getloadavg(), "quick": args.quick, "mix": [], "compile": [], "relation": [], "step": []}
     for dev in devices:
         cuda = dev.type == "cuda"
         if "mix" in sections:
@@ -286,6 +348,8 @@ def main(argv=None) -> dict:
             budget = (torch.cuda.mem_get_info()[0] / 2**30 * 0.8) if cuda else 8.0
             for side in sides:
                 result["relation"] += bench_relation(dev, B, 256, side, max(1, repeat // 3), budget)
+        if "compile" in sections and not args.memory_only and not args.no_compile:
+            result["compile"] += bench_compile(dev, args.quick)
         if "step" in sections and not args.memory_only:
             sys.path.insert(0, str(Path(__file__).resolve().parent))
             from step_overhead import bench_step  # needs the example model
@@ -300,6 +364,11 @@ def main(argv=None) -> dict:
     if result["mix"]:
         print("\n### EntropyMix vs alternatives (ratio: time / UniMatch boolean-index CutMix boxing every sample; for V=4, / the torch.where floor)\n")
         print(markdown_table(result["mix"], MIX_COLUMNS))
+    if result["compile"]:
+        print("\n### Compilation: cold first call and graphs over a shape sweep\n")
+        for r in result["compile"]:
+            print(f"- {r['device']}: {r['what']}: " + (f"{r['ms']:.0f} ms (steady state {r['steady_ms']:.1f} ms, "
+                  f"+{r['extra_s']:.1f} s)" if "ms" in r else f"{r['graphs']}"))
     if result["relation"]:
         print("\n### Relation term, forward + backward: exact Gram form vs naive N x N form\n")
         print(markdown_table(result["relation"], RELATION_COLUMNS))
@@ -307,6 +376,8 @@ def main(argv=None) -> dict:
         from step_overhead import STEP_COLUMNS  # noqa: E402
         print("\n### Overhead in one UniMatch training step of the example model\n")
         print(markdown_table(result["step"], STEP_COLUMNS))
+    print(f"\nload average at the end (1, 5, 15 min): {os.getloadavg()}")
+    result["load_end"] = os.getloadavg()
     tag = "+".join(d.type for d in devices) + ("-quick" if args.quick else "")
     out = args.out or RESULTS / f"speed-{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

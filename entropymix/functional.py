@@ -1,7 +1,7 @@
 """Functional layer: pure, batched tensor ops behind :class:`~entropymix.EntropyMix`,
 :class:`~entropymix.CutMix` and :class:`~entropymix.MixPlan`.
 
-The grid rule (SPEC section 2) is used everywhere: pixel ``(y, x)`` of any ``(h, w)`` map
+The grid rule is used everywhere: pixel ``(y, x)`` of any ``(h, w)`` map
 belongs to cell ``(floor(y * gh / h), floor(x * gw / w))``. A pixel plan is the same rule with
 ``(gh, gw) = (H, W)``, so one gather serves grid plans, pixel plans and every resolution.
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import warnings
 from typing import Callable, ContextManager, List, Optional, Sequence, Tuple, Union
 
@@ -31,6 +32,7 @@ __all__ = [
     "cutmix_boxes",
     "classmix_masks",
     "set_compile",
+    "warmup",
     "SELECT_MODES",
 ]
 
@@ -40,20 +42,24 @@ Grid = Union[int, Tuple[int, int]]
 
 
 # ----------------------------------------------------------------------------------------------
-# Optional torch.compile fast path for the per-pixel entropy (the only bandwidth-heavy reduction)
+# The per-pixel entropy (the one bandwidth-heavy step): one pass over each probability map
 # ----------------------------------------------------------------------------------------------
 
 _COMPILE = {"enabled": os.environ.get("ENTROPYMIX_COMPILE", "1").lower() not in ("0", "false", "off")}
 _COMPILED: dict = {}
+_ANNOUNCED: set = set()
 
 
 def set_compile(enabled: bool) -> None:
-    """Turn the ``torch.compile`` fast path of :func:`entropy` / :func:`entropy_from_logits` on or off.
+    """Turn the ``torch.compile`` fast path of the entropy (and its value checks) on or off.
 
     On by default; the environment variable ``ENTROPYMIX_COMPILE=0`` switches it off at import.
-    The compiled kernel reads the probabilities once and never materialises ``p * log p``
-    (about 5x faster than eager on CPU). The first call per device/dtype pays the compilation;
-    if compilation fails, the eager path is used from then on with a single warning.
+    The compiled kernel reads each probability (or logit) map once and yields the per-pixel
+    entropy together with what the value checks need (row sum, minimum / maximum), never
+    materialising ``p log p``. It is compiled once per device type, dtype and input kind, for
+    every batch size, class count and crop (all four dims are dynamic); :func:`warmup` pays
+    that ahead of training. If compilation fails, the eager path is used from then on with a
+    single warning.
     """
     _COMPILE["enabled"] = bool(enabled)
 
@@ -71,44 +77,89 @@ def _float32_math(device: torch.device) -> ContextManager:
     return torch.autocast(device.type, enabled=False) if on else contextlib.nullcontext()
 
 
-def _fast(eager: Callable[..., Tensor], fused: Callable[..., Tensor], *args) -> Tensor:
-    """``torch.compile(fused)(*args)`` when the fast path is on, else ``eager(*args)``."""
-    with _float32_math(args[0].device):
-        return _fast_impl(eager, fused, *args)
+def _probs_stats(probs: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """Entropy, row sum and row minimum of ``(B, K, h, w)`` probabilities: one fused pass.
+
+    The entropy is entr() written with where(), which inductor vectorises (its lowering of
+    entr() checks NaN element by element), with entr()'s values on every input: -p log p for
+    p > 0, 0 at 0, -inf below 0, NaN for NaN (p * 0), so compiled and eager paths agree.
+    """
+    p = probs.float()
+    ent = torch.where(p > 0, -p * p.log(), torch.where(p < 0, -math.inf, p * 0.0)).sum(1)
+    return ent, p.sum(1), p.amin(1)
 
 
-def _fast_impl(eager: Callable[..., Tensor], fused: Callable[..., Tensor], *args) -> Tensor:
-    if not _COMPILE["enabled"] or torch.compiler.is_compiling():
-        return eager(*args)
-    compiled = _COMPILED.get(fused)
+def _logits_stats(logits: Tensor) -> Tuple[Tensor, Tensor]:
+    """Entropy of ``softmax(logits)`` and the row maximum (NaN, +inf or all -inf is not finite)."""
+    z = logits.float()
+    logp = torch.log_softmax(z, dim=1)
+    # -sum p log p, written so that p = 0 (logit -inf) contributes 0, not 0 * -inf = NaN.
+    return torch.where(logp > -math.inf, -logp.exp() * logp, 0.0).sum(1), z.amax(1)
+
+
+def _compiled_stats(kind: str, x: Tensor) -> Optional[Tuple[Tensor, ...]]:
+    """The fused stats through ``torch.compile``, or None when the fast path is off or failed."""
+    if not _COMPILE["enabled"] or torch.compiler.is_compiling() or x.numel() == 0 or x.device.type == "meta":
+        return None
+    fn = _probs_stats if kind == "probs" else _logits_stats
+    compiled = _COMPILED.get(fn)
     if compiled is None:
-        compiled = _COMPILED[fused] = torch.compile(fused, dynamic=True)
+        compiled = _COMPILED[fn] = torch.compile(fn, dynamic=True)
+    key = (kind, x.device.type, x.dtype)
+    if key not in _ANNOUNCED:
+        _ANNOUNCED.add(key)
+        print(f"entropymix: compiling the fused entropy kernel for {kind} ({x.device.type}, "
+              f"{str(x.dtype).replace('torch.', '')}); once per device type and dtype, for every shape. "
+              "entropymix.functional.warmup() does it ahead of training; set_compile(False) skips it.",
+              file=sys.stderr, flush=True)
+    # Every dim dynamic and unspecialised (no 0/1 or duck-size guards): one compilation serves
+    # every batch size, class count and crop. An alias carries the marks, not the caller's
+    # tensor (detach(): no autograd needed here, and no _base whose sizes dynamo would guard).
+    view = x.detach()
+    for d in range(4):
+        torch._dynamo.decorators.mark_unbacked(view, d)
     try:
-        return compiled(*args)
+        return compiled(view)
     except Exception as err:  # a missing C++ compiler / triton must not break training
         _COMPILE["enabled"] = False
         warnings.warn(f"entropymix: torch.compile fast path disabled ({type(err).__name__}: {err}); "
-                      "using eager entropy", RuntimeWarning, stacklevel=3)
-        return eager(*args)
+                      "using eager entropy", RuntimeWarning, stacklevel=4)
+        return None
 
 
-def _entropy_eager(probs: Tensor) -> Tensor:
-    # entr(p) = -p log p with entr(0) = 0 is one eager kernel; float32 whatever the input dtype.
-    return torch.special.entr(probs.float()).sum(1)
+def _entropy_and_bad(kind: str, x: Tensor, check: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    """``(B, h, w)`` float32 entropy of a probability or logit map and, with ``check``, the bool
+    map of pixels that fail the value check; one read of ``x`` on the compiled path."""
+    with _float32_math(x.device):
+        stats = _compiled_stats(kind, x)
+        if stats is None:  # eager: exact, one kernel for the entropy, the checks read x again
+            if kind == "probs":
+                ent = torch.special.entr(x.float()).sum(1)
+                return ent, (_bad_probs(x) if check else None)
+            return _logits_stats(x)[0], (_bad_logits(x) if check else None)
+        if not check:
+            return stats[0], None
+        if kind == "probs":
+            ent, total, low = stats
+            return ent, ~torch.isfinite(total) | (low < 0) | ((total - 1).abs() > SIMPLEX_TOLERANCE)
+        ent, top = stats
+        return ent, ~torch.isfinite(top)
 
 
-def _entropy_fused(probs: Tensor) -> Tensor:
-    # entr() written with where(), which inductor vectorises (its lowering of entr() checks NaN
-    # element by element). Same values as entr() on every input, so the compiled and eager paths
-    # agree even with checks off: -p log p for p > 0, 0 at 0, -inf below 0, NaN for NaN (p * 0).
-    p = probs.float()
-    return torch.where(p > 0, -p * p.log(), torch.where(p < 0, -math.inf, p * 0.0)).sum(1)
+def warmup(device: Union[str, torch.device] = "cpu", dtypes: Sequence[torch.dtype] = (torch.float32,),
+           kinds: Sequence[str] = ("probs", "logits")) -> None:
+    """Compile the fused entropy kernels now, so the first training step does not wait for them.
 
-
-def _entropy_logits(logits: Tensor) -> Tensor:
-    logp = torch.log_softmax(logits.float(), dim=1)
-    # -sum p log p, written so that p = 0 (logit -inf) contributes 0, not 0 * -inf = NaN.
-    return torch.where(logp > -math.inf, -logp.exp() * logp, 0.0).sum(1)
+    One small call per kind and dtype compiles the kernel that then serves every shape. A no-op
+    when the fast path is off (:func:`set_compile`).
+    """
+    device = torch.device(device)
+    for kind in kinds:
+        if kind not in ("probs", "logits"):
+            raise ValueError(f"kinds must hold 'probs' and/or 'logits', got {kind!r}")
+        for dtype in dtypes:
+            x = torch.rand(2, 3, 5, 6, device=device).softmax(1).to(dtype)
+            _compiled_stats(kind, x if kind == "probs" else x.log())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -160,24 +211,13 @@ def _bad_logits(logits: Tensor) -> Tensor:
     return ~torch.isfinite(logits.amax(1))
 
 
-def _check_values(kind: str, names: Sequence[str], maps: Sequence[Tensor],
-                  masks: Optional[Sequence[Optional[Tensor]]] = None) -> None:
-    """Value checks of V probability (``kind="probs"``) or logit maps, one synchronisation for all.
-
-    ``masks`` (bool, at each map's resolution) restrict the check to valid pixels: what an
-    ignored pixel holds is never read, so it is never rejected either.
-    """
-    bad_fn = _bad_probs if kind == "probs" else _bad_logits
-    flags = []
-    for v, m in enumerate(maps):
-        bad = bad_fn(m)
-        if masks is not None and masks[v] is not None:
-            bad = bad & masks[v]
-        flags.append(bad.any())
-    flags_t = torch.stack(flags)
-    if not bool(flags_t.any()):  # the one synchronisation
+def _raise_if_bad(kind: str, names: Sequence[str], maps: Sequence[Tensor], bads: Sequence[Tensor]) -> None:
+    """Raise for the first map whose bool ``(B, h, w)`` map of failing pixels has one; a single
+    synchronisation for all maps (the error path reads more, to say what is wrong)."""
+    flags = torch.stack([b.any() for b in bads])
+    if not bool(flags.any()):  # the one synchronisation
         return
-    v = int(flags_t.int().argmax())
+    v = int(flags.int().argmax())
     name, m = names[v], maps[v]
     if kind == "logits":
         raise ValueError(f"{name} contains NaN or +inf, or a pixel whose logits are all -inf (shape {_shape(m)})")
@@ -185,6 +225,22 @@ def _check_values(kind: str, names: Sequence[str], maps: Sequence[Tensor],
         raise ValueError(f"{name} contains non-finite values (shape {_shape(m)})")
     raise ValueError(f"{name} must be probabilities: non-negative and summing to 1 over dim 1 "
                      f"within {SIMPLEX_TOLERANCE} (shape {_shape(m)}); pass logits= for unnormalised scores")
+
+
+def _entropies(kind: str, names: Sequence[str], maps: Sequence[Tensor], masks: Sequence[Optional[Tensor]],
+               check: bool) -> List[Tensor]:
+    """Entropy maps of V probability / logit maps; with ``check``, the value checks of their valid
+    pixels (``masks``, bool at each map's resolution, or None) with one synchronisation for all.
+    What an ignored pixel holds is never read, so it is never rejected either."""
+    ents, bads = [], []
+    for m, mask in zip(maps, masks):
+        ent, bad = _entropy_and_bad(kind, m, check)
+        ents.append(ent)
+        if check:
+            bads.append(bad if mask is None else bad & mask)
+    if check:
+        _raise_if_bad(kind, names, maps, bads)
+    return ents
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,9 +260,7 @@ def entropy(probs: Tensor, *, check_values: bool = True) -> Tensor:
         ``(B, h, w)`` float32 entropy in ``[0, log K]``.
     """
     _check_tensor("probs", probs, ndim=(4,), floating=True)
-    if check_values:
-        _check_values("probs", ["probs"], [probs])
-    return _fast(_entropy_eager, _entropy_fused, probs)
+    return _entropies("probs", ["probs"], [probs], [None], check_values)[0]
 
 
 def entropy_from_logits(logits: Tensor, *, check_values: bool = True) -> Tensor:
@@ -221,9 +275,7 @@ def entropy_from_logits(logits: Tensor, *, check_values: bool = True) -> Tensor:
         ``(B, h, w)`` float32 entropy in ``[0, log K]``.
     """
     _check_tensor("logits", logits, ndim=(4,), floating=True)
-    if check_values:
-        _check_values("logits", ["logits"], [logits])
-    return _fast(_entropy_logits, _entropy_logits, logits)
+    return _entropies("logits", ["logits"], [logits], [None], check_values)[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -488,6 +540,7 @@ def cutmix_boxes(batch_size: int, size: Tuple[int, int], p: float = 0.5, size_mi
         raise ValueError(f"need 0 <= size_min <= size_max <= 1, got size_min={size_min!r}, size_max={size_max!r}")
     if len(ratio) != 2 or not 0.0 < ratio[0] <= ratio[1]:
         raise ValueError(f"ratio must be (low, high) with 0 < low <= high, got {ratio!r}")
+    _check_generator(generator)
     device = torch.device(device) if device is not None else (
         generator.device if generator is not None else torch.device("cpu"))
     B, T = batch_size, _CUTMIX_TRIES

@@ -234,7 +234,6 @@ class EntropyMix(nn.Module):
             raise ValueError(f"{name}[0] has batch size {first.shape[0]} but views have {B}: {name}[0] is {_shape(first)}")
         if self.grid[0] > h or self.grid[1] > w:
             raise ValueError(f"grid {self.grid} is larger than {name} maps (h, w) = {(h, w)}")
-        ent_fn = F.entropy if name == "probs" else F.entropy_from_logits
         checked, masks = [], []
         for v in range(V):
             m = _check_tensor(f"{name}[{v}]", maps[v], ndim=(4,), floating=True)
@@ -253,10 +252,10 @@ class EntropyMix(nn.Module):
                 mask = F.resize_nearest(mask, (h, w))
             checked.append(m)
             masks.append(mask)
-        if self.check_values:  # one synchronisation for all views, valid pixels only
-            F._check_values(name, [f"{name}[{v}]" for v in range(V)], checked, masks)
-        cells, nonempty = zip(*(F.patch_entropy(ent_fn(m, check_values=False), self.grid, mask, return_valid=True)
-                                for m, mask in zip(checked, masks)))
+        # One read of each map (entropy and value checks together), one synchronisation for all views.
+        ents = F._entropies(name, [f"{name}[{v}]" for v in range(V)], checked, masks, self.check_values)
+        cells, nonempty = zip(*(F.patch_entropy(ent, self.grid, mask, return_valid=True)
+                                for ent, mask in zip(ents, masks)))
         has_valid = any(m is not None for m in masks)
         return torch.stack(cells), (torch.stack(nonempty) if has_valid else None)
 

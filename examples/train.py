@@ -52,6 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="how strong views are mixed with a second unlabeled batch")
     p.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True, help="add SPEEDLoss")
     p.add_argument("--speed-weight", type=float, default=0.5, help="weight of SPEEDLoss in the total loss")
+    p.add_argument("--speed-terms", choices=["both", "relation", "logit"], default="both",
+                   help="SPEEDLoss terms: feature relations, entropy-weighted logit KL, or both")
     p.add_argument("--grid", type=int, default=4, help="EntropyMix grid (G x G)")
     p.add_argument("--second-select", default="sample", choices=["max", "min", "sample", "random"],
                    help="EntropyMix selection of the second strong stream")
@@ -294,6 +296,12 @@ def training_loss(model, batch, args, mixers, speed, strong, mix_gen):
     preds_s, feats_s = model(torch.cat([m for m, _ in streams]))
     preds_s, feats_s = preds_s.chunk(n_streams), feats_s.chunk(n_streams)
 
+    # SPEEDLoss distils at the model's output stride (1/4): the classifier is a 1 x 1 conv on the
+    # decoder features, so these are exactly the logits before upsampling, 16x fewer pixels than
+    # the upsampled ones and the same information.
+    classifier = (model.module if hasattr(model, "module") else model).classifier
+    with torch.no_grad():
+        logits_t_native = [classifier(f) for f in feats_t] if speed is not None else None
     loss_x = F.cross_entropy(pred_x, mask_x, ignore_index=IGNORE)
     loss_s, loss_speed = [], []
     for (mixed, plan), pred_s, feat_s in zip(streams, preds_s, feats_s):
@@ -301,7 +309,8 @@ def training_loss(model, batch, args, mixers, speed, strong, mix_gen):
         valid = plan.apply(ignores) != IGNORE
         loss_s.append(masked_ce(pred_s, target, conf >= args.conf_thresh, valid))
         if speed is not None:
-            loss_speed.append(speed(pred_s, plan.apply(logits_t), feat_s, plan.apply(feats_t), valid=valid))
+            loss_speed.append(speed(classifier(feat_s), plan.apply(logits_t_native), feat_s, plan.apply(feats_t),
+                                    valid=valid))
     if fp:
         loss_fp = masked_ce(outs[2][num_lb:], label_t[0], conf_t[0] >= args.conf_thresh, ignore != IGNORE)
         loss = (loss_x + 0.25 * loss_s[0] + 0.25 * loss_s[1] + 0.5 * loss_fp) / 2
@@ -342,7 +351,10 @@ def main(argv=None, args=None) -> dict:
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp and amp_dtype == torch.float16)
     strong = strong_augmentation(args.crop_size).to(device)
     mixers = build_mixers(args)
-    speed = SPEEDLoss(check_values=False) if args.speed and args.method != "supervised" else None
+    speed = None
+    if args.speed and args.method != "supervised":
+        speed = SPEEDLoss(feature_weight=float(args.speed_terms != "logit"),
+                          logit_weight=float(args.speed_terms != "relation"), check_values=False)
     mix_gen = torch.Generator().manual_seed(args.seed * 100 + rank)
 
     iters = min(len(train_loaders[1]), args.iters_per_epoch or len(train_loaders[1]))

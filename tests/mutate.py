@@ -92,13 +92,16 @@ DEFECTS = [
      "pasted = drawn.gather(1, flat.clamp(0, num_classes - 1))"),
 ]
 
-# Defects that change nothing observable, with the reason (none known today).
-EQUIVALENT: dict = {}
+# Defects that change nothing observable, with the reason.
+EQUIVALENT = {
+    "loss: kd mask as a product": "the logits of ignored pixels are zeroed before the KL, so kl is exactly 0 there "
+                                  "and kl * mask equals torch.where(mask, kl, 0) for every input",
+}
 
 
 def run_defect(name: str, file: str, old: str, new: str, workdir: Path) -> tuple:
     target = workdir / "entropymix" / file
-    source = (ROOT / "entropymix" / file).read_text()
+    source = (workdir / "pristine" / file).read_text()  # the package as it was when the run started
     if source.count(old) != 1:
         return name, "stale", f"fragment found {source.count(old)} times in {file}"
     target.write_text(source.replace(old, new))
@@ -125,7 +128,8 @@ def main(argv=None) -> int:
         copies = []
         for j in range(args.jobs):
             work = Path(tmp) / str(j)
-            shutil.copytree(ROOT / "entropymix", work / "entropymix")
+            shutil.copytree(ROOT / "entropymix", work / "entropymix", ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(work / "entropymix", work / "pristine")
             shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
             shutil.copy(ROOT / "setup.cfg", work / "setup.cfg")  # pytest's testpaths and options
             copies.append(work)

@@ -46,8 +46,15 @@ BAD = [
      r"num_views must be a positive int"),
     ("probs with NaN at a valid pixel", lambda: EntropyMix(2)(VIEWS, probs=[nan_at(PROBS[0]), PROBS[1]]), ValueError,
      r"probs\[0\] contains non-finite values \(shape \(2, 4, 8, 8\)\)"),
-    ("negative probabilities summing to 1", lambda: EntropyMix(2)(VIEWS, probs=[PROBS[0], PROBS[1] * torch.tensor(
-        [2.0, -1.0, 1.0, 1.0]).view(1, K, 1, 1)]), ValueError, r"probs\[1\] must be probabilities"),
+    ("negative probabilities summing to 1", lambda: EntropyMix(2)(VIEWS, probs=[PROBS[0], torch.tensor(
+        [0.5, 0.6, -0.25, 0.15]).view(1, K, 1, 1).expand(B, K, H, W)]), ValueError, r"probs\[1\] must be probabilities"),
+    ("generator=0 (select_views)", lambda: F.select_views(torch.rand(2, B, 2, 2), "sample", generator=0), TypeError,
+     r"generator must be a torch.Generator or None, got int 0"),
+    ("generator=0 (cutmix_boxes)", lambda: F.cutmix_boxes(B, (H, W), generator=0), TypeError,
+     r"generator must be a torch.Generator"),
+    ("generator='cpu' (classmix_masks)", lambda: F.classmix_masks(torch.zeros(B, H, W, dtype=torch.long), K,
+                                                                  generator="cpu"), TypeError,
+     r"generator must be a torch.Generator or None, got str 'cpu'"),
     ("probs with +inf", lambda: F.entropy(PROBS[0].index_fill(1, torch.tensor([0]), math.inf)), ValueError,
      r"probs contains non-finite values"),
     ("logits with NaN", lambda: F.entropy_from_logits(nan_at(Z)), ValueError, r"logits contains NaN or \+inf"),

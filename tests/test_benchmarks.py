@@ -1,8 +1,12 @@
 """Smoke runs of the benchmarks (they assert nothing about time: timing belongs to benchmarks/)."""
 
 import json
+import math
+import statistics
 import sys
 from pathlib import Path
+
+import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
@@ -16,20 +20,34 @@ def test_speed_quick_writes_tables_and_json(tmp_path, capsys):
     result = speed.main(["--quick", "--no-compile", "--out", str(out)])
     saved = json.loads(out.read_text())
     assert saved["quick"] and {r["method"] for r in saved["mix"]} >= {
-        "UniMatch CutMix, boolean index (p=1.0)", "MixPlan.apply (4 tensors)", "EntropyMix full call, eager entropy"}
+        "UniMatch CutMix, boolean index (p=1.0)", "MixPlan.apply (4 tensors)", "EntropyMix() checks on, eager entropy",
+        "EntropyMix(check_values=False), eager entropy"}
     assert all(r["ms"] > 0 for r in result["mix"]) and [r["method"] for r in saved["relation"]] == ["gram", "naive"]
     assert [r["variant"] for r in saved["step"]][-1] == "UniMatch + EntropyMix + SPEEDLoss"
     printed = capsys.readouterr().out
     assert "| method |" in printed and "Relation term" in printed and "UniMatch training step" in printed
 
 
-def test_ablation_quick_is_resumable(tmp_path, capsys):
-    args = ["--quick", "--seeds", "0", "1", "--settings", "supervised", "unimatch+classmix",
-            "--out-root", str(tmp_path / "runs"), "--results", str(tmp_path / "ablation.json")]
+def test_ablation_quick_is_resumable_paired_and_saves_as_it_grows(tmp_path, capsys):
+    results = tmp_path / "ablation.json"
+    args = ["--quick", "--seeds", "0", "1", "--settings", "supervised", "unimatch+cutmix", "unimatch+classmix",
+            "--score-epochs", "2", "--out-root", str(tmp_path / "runs"), "--results", str(results)]
     table = ablation.main(args)
-    assert set(table) == {"supervised", "unimatch+classmix"}
-    assert all(len(row["final_miou"]) == 2 for row in table.values())
-    assert (tmp_path / "ablation.png").is_file()
-    capsys.readouterr()
+    assert set(table) == {"supervised", "unimatch+cutmix", "unimatch+classmix"}
+    assert all(len(row["score"]) == 2 and len(row["curves"]["0"]) == 2 for row in table.values())
+    saved = json.loads(results.read_text())
+    diff = next(d for d in saved["differences"] if d["setting"] == "unimatch+classmix")
+    assert diff["reference"] == "unimatch+cutmix" and diff["n"] == 2 and diff["low"] <= diff["mean"] <= diff["high"]
+    expected = [table["unimatch+classmix"]["score"][i] - table["unimatch+cutmix"]["score"][i] for i in range(2)]
+    assert diff["differences"] == expected and "verdict" in diff
+    assert (tmp_path / "ablation.png").is_file() and (tmp_path / "ablation-curves.png").is_file()
+    assert "vs UniMatch + CutMix (95% CI)" in capsys.readouterr().out
     again = ablation.main(args)  # every run is finished: nothing is trained again
     assert "train.py" not in capsys.readouterr().out and again == table
+
+
+def test_paired_interval_is_the_t_interval():
+    out = ablation.paired([3.0, 5.0, 4.0], [1.0, 2.0, 2.0])  # differences 2, 3, 2
+    half = 4.303 * statistics.stdev([2, 3, 2]) / math.sqrt(3)
+    assert out["mean"] == pytest.approx(7 / 3) and out["low"] == pytest.approx(7 / 3 - half)
+    assert out["verdict"] == "better" and ablation.paired([1.0, 2.0], [2.0, 1.0])["verdict"].startswith("not")

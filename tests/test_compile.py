@@ -3,6 +3,7 @@
 import math
 import warnings
 
+import pytest
 import torch
 
 from entropymix import EntropyMix
@@ -73,3 +74,66 @@ def test_compiled_and_eager_entropy_agree_on_edge_values():
         assert torch.isfinite(fast_z[k]).all(), k
     assert fast["one-hot"].eq(0).all() and fast["zeros"].eq(0).all()
     torch.testing.assert_close(fast["uniform"], torch.full((2, 6, 7), math.log(K)))
+
+
+def _fresh_compile_state():
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    F._COMPILED.clear()
+    F._ANNOUNCED.clear()
+
+
+def test_one_compilation_serves_every_crop_and_batch_size(capfd):
+    """Crops 257^2, 321^2, 385 x 417 (not square: no duck sizing) and batches 1 and 5 (no 0/1
+    specialisation): one graph per kernel, and one notice on stderr."""
+    _fresh_compile_state()
+    g = torch.Generator().manual_seed(0)
+    shapes = [(8, 21, 257, 257), (8, 21, 321, 321), (8, 21, 385, 417), (1, 21, 321, 321), (5, 19, 100, 60)]
+    F.set_compile(True)
+    try:
+        for shape in shapes:
+            p = torch.rand(shape, generator=g).softmax(1)
+            F.entropy(p)  # checks on: entropy and checks from the same kernel
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    finally:
+        F.set_compile(False)
+    assert graphs == 1, dict(torch._dynamo.utils.counters["stats"])
+    err = capfd.readouterr().err
+    assert err.count("entropymix: compiling the fused entropy kernel for probs (cpu, float32)") == 1
+
+
+def test_warmup_compiles_ahead_and_the_fused_path_matches_eager():
+    """After warmup() no call compiles; on a handful of shapes the fused path (checks on) gives the
+    eager entropies, the same plans, and the same errors."""
+    _fresh_compile_state()
+    F.set_compile(True)
+    try:
+        F.warmup("cpu", dtypes=(torch.float32,))
+        before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        g = torch.Generator().manual_seed(1)
+        for B, K, h, w, grid in [(2, 21, 33, 47, (4, 4)), (1, 5, 9, 9, (3, 2)), (3, 2, 64, 17, (8, 1))]:
+            probs = [torch.rand(B, K, h, w, generator=g).pow(4).softmax(1) for _ in range(3)]
+            views = [torch.rand(B, 3, h, w, generator=g) for _ in range(3)]
+            valid = [torch.where(torch.rand(B, h, w, generator=g) < 0.7, 0, 255) for _ in range(3)]
+            for select in ("max", "sample"):
+                for key, maps in (("probs", probs), ("logits", [p.log() for p in probs])):
+                    fast = EntropyMix(grid, select=select)(views, valid=valid, generator=torch.Generator().manual_seed(0),
+                                                           **{key: maps})
+                    F.set_compile(False)
+                    slow = EntropyMix(grid, select=select)(views, valid=valid, generator=torch.Generator().manual_seed(0),
+                                                           **{key: maps})
+                    F.set_compile(True)
+                    assert torch.equal(fast[1].index, slow[1].index) and torch.equal(fast[0], slow[0])
+            torch.testing.assert_close(F.entropy(probs[0]), F.torch.special.entr(probs[0]).sum(1))
+            bad = probs[1].clone()
+            bad[:, 0, 0, 0] = -0.5
+            bad[:, 1, 0, 0] += 0.5  # still sums to 1
+            with pytest.raises(ValueError, match=r"probs\[1\] must be probabilities"):
+                EntropyMix(grid)(views, probs=[probs[0], bad, probs[2]])
+            bad[:, :, 0, 0] = float("nan")
+            EntropyMix(grid)(views, probs=[probs[0], bad, probs[2]],  # ignored there: accepted
+                             valid=[None, torch.ones(B, h, w, dtype=torch.bool).index_fill(1, torch.tensor([0]), False),
+                                    None])
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == before
+    finally:
+        F.set_compile(False)

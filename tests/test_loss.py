@@ -373,3 +373,17 @@ def test_auto_uses_the_cheaper_form(N, Ds, Dt):
         L._GramRelation.apply = original
     n = h * w
     assert bool(calls) == (Ds * Ds + Ds * Dt + Dt * Dt <= n * (Ds + Dt + 1))
+
+
+@pytest.mark.parametrize("empty", [[0], [1], [0, 2]])
+def test_relation_mean_is_over_images_with_a_valid_pixel(empty):
+    """SPEC: the mean runs over images with N_b > 0; an image without valid pixels is not a zero in it."""
+    g = torch.Generator().manual_seed(0)
+    fs, ft = torch.randn(3, 4, 5, 6, generator=g), torch.randn(3, 3, 5, 6, generator=g)
+    valid = torch.rand(3, 5, 6, generator=g) < 0.7
+    valid[empty] = False
+    for method in ("gram", "naive"):
+        out = relation_distillation(fs.double(), ft.double(), valid, method=method)
+        torch.testing.assert_close(out, naive_relation(fs, ft, valid), rtol=1e-9, atol=1e-12)
+        per_image = [naive_relation(fs[b:b + 1], ft[b:b + 1], valid[b:b + 1]) for b in range(3) if b not in empty]
+        torch.testing.assert_close(out, torch.stack(per_image).mean(), rtol=1e-9, atol=1e-12)
