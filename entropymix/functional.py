@@ -501,12 +501,10 @@ def _view_masks(index: Tensor, num_views: int, size: Tuple[int, int]) -> List[Te
 
 
 def _mix(masks: Sequence[Tensor], tensors: Sequence[Tensor]) -> Tensor:
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    out = tensors[0].to(dtype)
+    out = tensors[0]
     for mask, t in zip(masks, tensors[1:]):
-        # A (B, 1, h, w) mask broadcasts over channels, so the select never copies it.
+        # A (B, 1, h, w) mask broadcasts over channels, so the select never copies it; where()
+        # promotes mixed dtypes step by step, which ends at the promotion of them all.
         out = torch.where(mask[:, None] if t.dim() == 4 else mask, t, out)
     return out.clone() if len(tensors) == 1 else out
 

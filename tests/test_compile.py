@@ -130,6 +130,10 @@ def test_warmup_compiles_ahead_and_the_fused_path_matches_eager():
             bad[:, 1, 0, 0] += 0.5  # still sums to 1
             with pytest.raises(ValueError, match=r"probs\[1\] must be probabilities"):
                 EntropyMix(grid)(views, probs=[probs[0], bad, probs[2]])
+            with pytest.raises(ValueError, match=r"probs\[2\] must be probabilities: .*within 0.02"):
+                EntropyMix(grid)(views, probs=[probs[0], probs[1], probs[2] * 1.05])  # off the simplex
+            with pytest.raises(ValueError, match=r"logits\[0\] contains NaN or \+inf"):
+                EntropyMix(grid)(views, logits=[bad.log(), probs[1].log(), probs[2].log()])
             bad[:, :, 0, 0] = float("nan")
             EntropyMix(grid)(views, probs=[probs[0], bad, probs[2]],  # ignored there: accepted
                              valid=[None, torch.ones(B, h, w, dtype=torch.bool).index_fill(1, torch.tensor([0]), False),

@@ -515,3 +515,12 @@ def test_cutmix_fallback_box_is_shifted_inside_the_image(B, H, W, area, seed):
         else:
             lo, hi = max(lo, bh**2 / A - 1e-9), min(hi, (bh + 1) ** 2 / A)
         assert lo < hi, (b, bh, bw, H, W)
+
+
+def test_an_in_place_edit_of_the_index_is_seen_by_apply():
+    """The masks cached per resolution are keyed on the index's version: no stale replay."""
+    plan = MixPlan(torch.zeros(2, 2, 2, dtype=torch.long), 2, (4, 4))
+    views = [torch.zeros(2, 4, 4), torch.ones(2, 4, 4)]
+    assert plan.apply(views).sum() == 0
+    plan.index[:, 0, 0] = 1
+    assert plan.apply(views).sum() == 2 * 4 and plan.apply(views)[:, :2, :2].eq(1).all()
