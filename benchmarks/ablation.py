@@ -7,7 +7,8 @@
 Each run is ``examples/train.py`` in its own process, writing to ``runs/ablation/<setting>-s<seed>``.
 A finished run (``results.json`` present) is skipped and an interrupted one resumes from its
 checkpoint, so the study can span several sittings; the JSON is rewritten after every finished
-run, so a partial study is saved as it grows.
+run, and each run's results are kept beside it (``ablation-runs/``), so a partial study is saved
+as it grows and a new checkout resumes it.
 
 The seed fixes the labeled set, the data order and every random draw, identically for every
 setting, so settings are compared *paired by seed*. A run's score is the mean validation mIoU of
@@ -103,9 +104,16 @@ def score(result: dict, last: int) -> float:
     return statistics.mean(tail)
 
 
-def run(name: str, seed: int, out_root: Path, extra, threads: int) -> dict:
+def run(name: str, seed: int, out_root: Path, extra, threads: int, kept: Path) -> dict:
+    """One run's results: kept from an earlier sitting (the copy beside the JSON, for the same
+    train.py arguments), else trained (resuming its checkpoint) and kept."""
     out = out_root / f"{name}-s{seed}"
     result = out / "results.json"
+    copy = kept / f"{name}-s{seed}.json"
+    if not result.exists() and copy.exists():
+        saved = json.loads(copy.read_text())
+        if saved.get("study_args") == extra:
+            return saved
     if not result.exists():
         setting = SETTINGS[name.removesuffix("-repeat")]
         cmd = [sys.executable, str(TRAIN), *setting, "--seed", str(seed), "--out-dir", str(out),
@@ -113,7 +121,10 @@ def run(name: str, seed: int, out_root: Path, extra, threads: int) -> dict:
         print(" ".join(cmd[1:]), flush=True)
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
-    return json.loads(result.read_text())
+    data = {**json.loads(result.read_text()), "study_args": list(extra)}
+    kept.mkdir(parents=True, exist_ok=True)
+    copy.write_text(json.dumps(data))  # committed with the JSON: a new checkout resumes the study
+    return data
 
 
 def summarise(done: dict, settings, seeds, last: int) -> dict:
@@ -163,7 +174,8 @@ def markdown(summary: dict) -> str:
     for name, row in summary["table"].items():
         d = by_pair.get((name, BASELINE))
         ci = "-" if not d or d["low"] is None else f"{d['mean']:+.2f} ({d['low']:+.2f}, {d['high']:+.2f})"
-        lines.append(f"| {name} | {len(row['seeds'])} | {row['mean']:.2f} | {row['std']:.2f} | {ci} | "
+        std = f"{row['std']:.2f}" if len(row["seeds"]) > 1 else "-"
+        lines.append(f"| {name} | {len(row['seeds'])} | {row['mean']:.2f} | {std} | {ci} | "
                      f"{(d or {}).get('verdict', '-')} | {row['minutes']:.1f} |")
     lines += ["", "| comparison | seeds | mean difference (95% CI) | verdict |", "|---|---:|---|---|"]
     for d in summary["differences"]:
@@ -211,7 +223,8 @@ def main(argv=None) -> dict:
         return out
 
     with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {pool.submit(run, n, s, args.out_root, extra, threads): (n, s) for n, s in jobs}
+        kept = args.results.with_name(args.results.stem + "-runs")
+        futures = {pool.submit(run, n, s, args.out_root, extra, threads, kept): (n, s) for n, s in jobs}
         for fut in as_completed(futures):
             done[futures[fut]] = fut.result()
             save()  # the partial study is on disk as it grows
