@@ -243,7 +243,9 @@ def test_loss_under_autocast_matches_the_float64_reference(B, Ds, Dt, h, w, K, i
     with an absolute floor of 2e-6 for the relation term (its Gram terms are each <= 1 after the
     1 / N^2, so float32 leaves ~3e-7 of residue where the loss itself is 0, e.g. N = 1); gradients
     within 1e-3 of the largest entry (1e-2 for bfloat16 inputs, whose gradient is rounded to
-    bfloat16). bfloat16 math would be off by 1e-2 to 1e0.
+    bfloat16) plus 1e-5 absolute (where the exact gradient is 0, e.g. one feature channel, whose
+    normalised value is its sign, float32 Gram terms leave ~2e-6). bfloat16 math would be off by
+    1e-2 to 1e0.
     """
     g = torch.Generator().manual_seed(seed)
     fs = torch.randn(B, Ds, h, w, generator=g).to(input_dtype).requires_grad_()
@@ -263,9 +265,10 @@ def test_loss_under_autocast_matches_the_float64_reference(B, Ds, Dt, h, w, K, i
     torch.testing.assert_close(rel.double(), rel64.detach(), rtol=1e-3, atol=2e-6)
     torch.testing.assert_close(kd.double(), kd64.detach(), rtol=1e-3, atol=1e-7)
     tol = 1e-3 if input_dtype == torch.float32 else 1e-2
-    for got, ref in ((fs.grad, fs64.grad), (zs.grad, zs64.grad)):
+    for got, ref, x in ((fs.grad, fs64.grad, fs64), (zs.grad, zs64.grad, zs64)):
+        ref = torch.zeros_like(x) if ref is None else ref  # no valid pixel: the reference is a constant 0
         err = (got.double() - ref).abs().max()
-        assert err <= tol * ref.abs().max() + 1e-6, (err, ref.abs().max())
+        assert err <= tol * ref.abs().max() + 1e-5, (err, ref.abs().max())
 
 
 def test_speedloss_backward_inside_autocast_does_not_crash_and_is_float32_math():
