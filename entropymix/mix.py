@@ -117,9 +117,13 @@ class MixPlan:
 torch.serialization.add_safe_globals([MixPlan])
 
 
-def _check_views(views: Sequence[Tensor], min_views: int = 2) -> Tuple[int, int, int, int]:
+def _check_views(views: Sequence[Tensor], min_views: int = 2, exactly: Optional[str] = None) -> Tuple[int, int, int, int]:
+    """``(B, C, H, W)`` of V views sharing shape, dtype and device; ``exactly``: the name of a
+    two-view mixer, which takes 2 views and no more."""
     if isinstance(views, Tensor) or not isinstance(views, (list, tuple)):
         raise TypeError(f"views must be a list or tuple of (B, C, H, W) tensors, got {type(views).__name__}")
+    if exactly is not None and len(views) != 2:
+        raise ValueError(f"{exactly} mixes exactly 2 views, got {len(views)}")
     if len(views) < min_views:
         raise ValueError(f"views needs at least {min_views} tensors to mix, got {len(views)}")
     first = _check_tensor("views[0]", views[0], ndim=(4,))
@@ -288,10 +292,7 @@ class CutMix(nn.Module):
                 logits: Optional[Sequence[Tensor]] = None,
                 valid: Optional[Sequence[Optional[Tensor]]] = None,
                 generator: Optional[torch.Generator] = None) -> Tuple[Tensor, MixPlan]:
-        B, _, H, W = _check_views(views)
-        if len(views) != 2:
-            raise ValueError(f"CutMix mixes exactly 2 views, got {len(views)}")
-        F._check_generator(generator)
+        B, _, H, W = _check_views(views, exactly="CutMix")
         index = F.cutmix_boxes(B, (H, W), self.p, self.size_min, self.size_max, self.ratio,
                                generator=generator, device=views[0].device)
         plan = MixPlan(index, 2, (H, W), False)
@@ -334,10 +335,7 @@ class ClassMix(nn.Module):
                 logits: Optional[Sequence[Tensor]] = None,
                 valid: Optional[Sequence[Optional[Tensor]]] = None,
                 generator: Optional[torch.Generator] = None) -> Tuple[Tensor, MixPlan]:
-        B, _, H, W = _check_views(views)
-        if len(views) != 2:
-            raise ValueError(f"ClassMix mixes exactly 2 views, got {len(views)}")
-        F._check_generator(generator)
+        B, _, H, W = _check_views(views, exactly="ClassMix")
         if (probs is None) == (logits is None):
             raise ValueError("ClassMix needs the teacher's predictions: pass exactly one of probs= or logits=")
         maps, name = (probs, "probs") if probs is not None else (logits, "logits")
