@@ -33,6 +33,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "examples" / "train.py"
@@ -185,6 +186,91 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
+# What each comparison answers, for the report's findings (setting, reference) -> question.
+QUESTIONS = {
+    ("unimatch+entropymix", BASELINE): "EntropyMix instead of CutMix inside UniMatch",
+    ("unimatch+entropymix", "unimatch+grid-random"): "the entropy selection (EntropyMix vs the same grid patches picked at random)",
+    ("unimatch+grid-random", BASELINE): "grid patches picked at random instead of CutMix",
+    ("unimatch+entropymix-max-max", "unimatch+entropymix"): "`max` instead of `sample` for the second stream",
+    ("unimatch+entropymix-3views", "unimatch+entropymix"): "mixing 3 views instead of 2",
+    ("unimatch+entropymix-grid2", "unimatch+entropymix"): "grid 2 instead of 4",
+    ("unimatch+entropymix-grid8", "unimatch+entropymix"): "grid 8 instead of 4",
+    ("unimatch+entropymix+speed", "unimatch+entropymix"): "SPEEDLoss (both terms) on top of EntropyMix",
+    ("unimatch+entropymix+speed-relation", "unimatch+entropymix"): "SPEEDLoss's relation term alone",
+    ("unimatch+entropymix+speed-logit", "unimatch+entropymix"): "SPEEDLoss's logit term alone",
+    ("unimatch+classmix", BASELINE): "ClassMix instead of CutMix",
+    ("unimatch+cutmix", "supervised"): "UniMatch + CutMix over the supervised baseline",
+}
+
+
+def _ci(d: dict) -> str:
+    return f"{d['mean']:+.2f} mIoU (95% CI {d['low']:+.2f} to {d['high']:+.2f}, {d['n']} seeds)"
+
+
+def report(results: dict, calibration: Optional[dict] = None, total_runs: int = len(SETTINGS) * 5) -> str:
+    """The README's ablation section, every number read from ``results`` (``ablation.json``) and
+    ``calibration`` (``--noise`` output); findings only from intervals that exclude 0."""
+    args = results["extra_args"]
+    size = " ".join(args)
+    table, diffs = results["table"], [d for d in results["differences"] if d["low"] is not None]
+    lines = [
+        "`python benchmarks/ablation.py --jobs 2` trains the example under "
+        f"{len(SETTINGS)} settings x {len(results['seeds'])} seeds: supervised only; UniMatch with CutMix, ClassMix, "
+        "grid patches picked at random (the control: entropy ignored), EntropyMix (streams `max`/`sample`, and "
+        "`max`/`max`), EntropyMix over 3 views, grids 2 and 8 (4 is the default), and EntropyMix + SPEEDLoss with "
+        "both terms, the relation term only, and the logit term only. The seed fixes the labeled set, the data order "
+        "and every random draw, the same for every setting, so settings are compared paired by seed. Run size "
+        f"(`ablation.STUDY`, train.py flags `{size}`): the example's data and recipe with a narrower model and "
+        f"fewer unlabeled images. A run's score is the {results['score']}; a paired difference is reported with its "
+        "95% t-interval over seeds, and one whose interval contains 0 is \"not distinguishable on this benchmark\", "
+        "whatever its mean.",
+        "",
+    ]
+    if calibration and calibration.get("noise"):
+        n = calibration["noise"]
+        same = ", ".join(f"{v:.1f}" for v in n["same_seed_abs_diff"])
+        lines += [f"**Noise floor** (`python benchmarks/ablation.py --noise`, `benchmarks/results/ablation-calibration.json`; "
+                  f"{n['setting']} with `{' '.join(n['extra_args'])}`, seeds {', '.join(map(str, n['seeds']))}): the same "
+                  f"seed run twice gives the same curve bit for bit (score differences {same} mIoU), so there is no "
+                  "run-to-run noise on this CPU and the noise is the spread over seeds: "
+                  f"{n['seed_std_score']:.2f} mIoU (std of the mean of the last {n['score_epochs']} epochs) and "
+                  f"{n['seed_std_final']:.2f} (final epoch)."]
+    spreads = ", ".join(f"{k} {table[k]['std']:.2f}" for k in (BASELINE, "unimatch+entropymix") if k in table
+                        and len(table[k]["seeds"]) > 1)
+    widths = [d["high"] - d["low"] for d in diffs]
+    if spreads and widths:
+        lines[-1] += (f" In the study itself the std over seeds is {spreads} mIoU, and the 95% intervals of the paired "
+                      f"differences are {min(widths):.1f} to {max(widths):.1f} mIoU wide: differences smaller than "
+                      "about half that width cannot be resolved here.")
+    done = results["finished_runs"]
+    status = ("all runs finished" if done >= total_runs else
+              f"{done} of {total_runs} runs finished; the study resumes where it stopped, in this checkout or a new one "
+              "(each finished run is kept in `benchmarks/results/ablation-runs/`)")
+    lines += ["", f"**Status: {status}.** Minutes per run were measured with two runs sharing the two cores.", "",
+              markdown(results), "", "![paired differences](benchmarks/results/ablation.png)", ""]
+    found, unclear = [], []
+    for (a, b), question in QUESTIONS.items():
+        d = next((d for d in diffs if (d["setting"], d["reference"]) == (a, b)), None)
+        if d is None:
+            continue
+        if d["low"] > 0:
+            found.append(f"- {question}: **helped**, {_ci(d)}.")
+        elif d["high"] < 0:
+            found.append(f"- {question}: **hurt**, {_ci(d)}.")
+        else:
+            unclear.append(f"- {question}: {_ci(d)}.")
+    lines += ["**What this benchmark shows.** Intervals that exclude 0:", ""]
+    lines += found or ["- none."]
+    lines += ["", "Not distinguishable on this benchmark (the interval contains 0, whatever the sign of the mean):", ""]
+    lines += unclear or ["- none."]
+    lines += ["", f"These are {len(diffs)} comparisons at 95% each, so about {0.05 * len(diffs):.0f} interval(s) could "
+              "exclude 0 by chance alone; read a lone finding near the edge with that in mind. This is a small "
+              "from-scratch benchmark on CPU (a width-16 model on the embedded `shapes` data), not a replication of the "
+              "paper's VOC and Cityscapes results, which need a pretrained ResNet-101 DeepLabV3+. "
+              "`benchmarks/results/ablation-curves.png` plots the mean mIoU per epoch of every setting."]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -197,7 +283,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "ablation.json")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run")
     ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (each gets cores / jobs threads)")
-    args, extra = ap.parse_known_args(argv)  # anything else goes to train.py (e.g. --epochs 20)
+    ap.add_argument("--report", action="store_true",
+                    help="print the README section from the saved JSON (and the calibration beside it); trains nothing")
+    args, extra = ap.parse_known_args(argv)
+    if args.report:
+        calibration = args.results.with_name(args.results.stem + "-calibration.json")
+        print(report(json.loads(args.results.read_text()),
+                     json.loads(calibration.read_text()) if calibration.exists() else None))
+        return {}  # anything else goes to train.py (e.g. --epochs 20)
     extra = (QUICK if args.quick else STUDY) + extra  # later flags win: extra args override the study size
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     if args.noise:

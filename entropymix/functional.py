@@ -77,8 +77,9 @@ def _float32_math(device: torch.device) -> ContextManager:
     return torch.autocast(device.type, enabled=False) if on else contextlib.nullcontext()
 
 
-def _probs_stats(probs: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    """Entropy, row sum and row minimum of ``(B, K, h, w)`` probabilities: one fused pass.
+def _probs_stats(probs: Tensor) -> Tuple[Tensor, Tensor]:
+    """Entropy of ``(B, K, h, w)`` probabilities and the bool map of pixels that fail the value
+    check: one fused pass (the entropy, row sum and row minimum share the loop over classes).
 
     The loop computes sum(where(p > 0, -p log p, 0)), which inductor vectorises (its lowering of
     entr() checks NaN element by element, and a second where() inside the loop costs 1.7x).
@@ -88,19 +89,34 @@ def _probs_stats(probs: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """
     p = probs.float()
     ent, total, low = torch.where(p > 0, -p * p.log(), 0.0).sum(1), p.sum(1), p.amin(1)
-    ent = torch.where(low < 0, -math.inf, ent)
-    return torch.where(torch.isnan(total), math.nan, ent), total, low
+    ent = torch.where(torch.isnan(total), math.nan, torch.where(low < 0, -math.inf, ent))
+    return ent, ~torch.isfinite(total) | (low < 0) | ((total - 1).abs() > SIMPLEX_TOLERANCE)
+
+
+def _logits_entropy(logits: Tensor) -> Tensor:
+    """Entropy of ``softmax(logits)`` over dim 1."""
+    logp = torch.log_softmax(logits.float(), dim=1)
+    # -sum p log p, written so that p = 0 (logit -inf) contributes 0, not 0 * -inf = NaN.
+    return torch.where(logp > -math.inf, -logp.exp() * logp, 0.0).sum(1)
 
 
 def _logits_stats(logits: Tensor) -> Tuple[Tensor, Tensor]:
-    """Entropy of ``softmax(logits)`` and the row maximum (NaN, +inf or all -inf is not finite)."""
-    z = logits.float()
-    logp = torch.log_softmax(z, dim=1)
-    # -sum p log p, written so that p = 0 (logit -inf) contributes 0, not 0 * -inf = NaN.
-    return torch.where(logp > -math.inf, -logp.exp() * logp, 0.0).sum(1), z.amax(1)
+    """The entropy and the bool map of pixels with NaN, ``+inf`` or only ``-inf`` logits (the row
+    maximum is not finite)."""
+    return _logits_entropy(logits), ~torch.isfinite(logits.float().amax(1))
 
 
-def _compiled_stats(kind: str, x: Tensor) -> Optional[Tuple[Tensor, ...]]:
+def _dynamic_shapes() -> Tuple[Callable[[Tensor, int], None], ContextManager]:
+    """How every dim is made dynamic without specialising 1-sized dims or equal sizes: backed
+    symbols with size-oblivious reasoning and no duck sizing where torch has them (inductor then
+    fuses the reductions into one loop), unbacked symbols otherwise (one loop per reduction)."""
+    from torch.fx.experimental import _config as fx_config
+    if hasattr(fx_config, "backed_size_oblivious") and hasattr(fx_config, "use_duck_shape"):
+        return torch._dynamo.mark_dynamic, fx_config.patch(backed_size_oblivious=True, use_duck_shape=False)
+    return torch._dynamo.decorators.mark_unbacked, contextlib.nullcontext()
+
+
+def _compiled_stats(kind: str, x: Tensor) -> Optional[Tuple[Tensor, Tensor]]:
     """The fused stats through ``torch.compile``, or None when the fast path is off or failed."""
     if not _COMPILE["enabled"] or torch.compiler.is_compiling() or x.numel() == 0 or x.device.type == "meta":
         return None
@@ -119,10 +135,12 @@ def _compiled_stats(kind: str, x: Tensor) -> Optional[Tuple[Tensor, ...]]:
     # every batch size, class count and crop. An alias carries the marks, not the caller's
     # tensor (detach(): no autograd needed here, and no _base whose sizes dynamo would guard).
     view = x.detach()
+    mark, shapes = _dynamic_shapes()
     for d in range(4):
-        torch._dynamo.decorators.mark_unbacked(view, d)
+        mark(view, d)
     try:
-        return compiled(view)
+        with shapes:
+            return compiled(view)
     except Exception as err:  # a missing C++ compiler / triton must not break training
         _COMPILE["enabled"] = False
         warnings.warn(f"entropymix: torch.compile fast path disabled ({type(err).__name__}: {err}); "
@@ -139,14 +157,8 @@ def _entropy_and_bad(kind: str, x: Tensor, check: bool) -> Tuple[Tensor, Optiona
             if kind == "probs":
                 ent = torch.special.entr(x.float()).sum(1)
                 return ent, (_bad_probs(x) if check else None)
-            return _logits_stats(x)[0], (_bad_logits(x) if check else None)
-        if not check:
-            return stats[0], None
-        if kind == "probs":
-            ent, total, low = stats
-            return ent, ~torch.isfinite(total) | (low < 0) | ((total - 1).abs() > SIMPLEX_TOLERANCE)
-        ent, top = stats
-        return ent, ~torch.isfinite(top)
+            return _logits_entropy(x), (_bad_logits(x) if check else None)
+        return stats[0], (stats[1] if check else None)
 
 
 def warmup(device: Union[str, torch.device] = "cpu", dtypes: Sequence[torch.dtype] = (torch.float32,),

@@ -44,6 +44,11 @@ def test_ablation_quick_is_resumable_paired_and_saves_as_it_grows(tmp_path, caps
     assert "vs UniMatch + CutMix (95% CI)" in capsys.readouterr().out
     again = ablation.main(args)  # every run is finished: nothing is trained again
     assert "train.py" not in capsys.readouterr().out and again == table
+    ablation.main(args + ["--report"])  # the README section, from the JSON alone
+    text = capsys.readouterr().out
+    assert "examples/train.py" not in text and "| setting |" in text and "6 of 60 runs finished" in text
+    verdicts = [line for line in text.splitlines() if line.startswith("- ") and "mIoU (95% CI" in line]
+    assert len(verdicts) == 2  # ClassMix vs CutMix, CutMix vs supervised: each once, under its finding
 
 
 def test_paired_interval_is_the_t_interval():
