@@ -246,7 +246,7 @@ def report(results: dict, calibration: Optional[dict] = None, total_runs: int = 
     status = ("all runs finished" if done >= total_runs else
               f"{done} of {total_runs} runs finished; the study resumes where it stopped, in this checkout or a new one "
               "(each finished run is kept in `benchmarks/results/ablation-runs/`)")
-    lines += ["", f"**Status: {status}.** Minutes per run were measured with two runs sharing the two cores.", "",
+    lines += ["", f"**Status: {status}.** Minutes per run were measured with two runs sharing the two cores, at times with tests running beside them.", "",
               markdown(results), "", "![paired differences](benchmarks/results/ablation.png)", ""]
     found, unclear = [], []
     for (a, b), question in QUESTIONS.items():

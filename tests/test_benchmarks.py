@@ -56,3 +56,13 @@ def test_paired_interval_is_the_t_interval():
     half = 4.303 * statistics.stdev([2, 3, 2]) / math.sqrt(3)
     assert out["mean"] == pytest.approx(7 / 3) and out["low"] == pytest.approx(7 / 3 - half)
     assert out["verdict"] == "better" and ablation.paired([1.0, 2.0], [2.0, 1.0])["verdict"].startswith("not")
+
+
+def test_readme_benchmark_sections_are_generated_from_the_saved_json():
+    """Every number the README reads is the JSON beside it: both sections are the reports, verbatim."""
+    readme = (BENCH.parent / "README.md").read_text()
+    results = BENCH / "results"
+    assert speed.report(json.loads((results / "speed-cpu.json").read_text())) in readme
+    study = ablation.report(json.loads((results / "ablation.json").read_text()),
+                            json.loads((results / "ablation-calibration.json").read_text()))
+    assert study in readme

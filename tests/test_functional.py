@@ -62,6 +62,21 @@ def test_entropy_from_logits_equals_entropy_of_softmax(B, K, h, w, scale, seed):
     np.testing.assert_allclose(H.numpy(), naive_entropy(z.double().softmax(1)), rtol=1e-4, atol=1e-5)
 
 
+@given(B=st.integers(1, 5), K=st.integers(1, 9), h=st.integers(1, 13), w=st.integers(1, 13),
+       chunk=st.sampled_from([1, 7, 100, 1 << 22]), dtype=st.sampled_from(FLOAT_DTYPES),
+       seed=st.integers(0, 2**31 - 1))
+def test_eager_entropy_in_chunks_is_bit_identical_to_one_pass(B, K, h, w, chunk, dtype, seed):
+    """The eager path's batch chunking changes memory, never a value (entropies and check maps)."""
+    g = torch.Generator().manual_seed(seed)
+    p = random_probs(g, (B, K, h, w), dtype)
+    p[0, 0, 0, 0] = -0.25 if B > 1 else p[0, 0, 0, 0]  # a failing pixel in one chunk
+    z = (torch.randn(B, K, h, w, generator=g) * 30).to(dtype)
+    ent, bad = F._eager_stats("probs", p, True, chunk)
+    assert torch.equal(ent, torch.special.entr(p.float()).sum(1)) and torch.equal(bad, F._bad_probs(p))
+    ent, bad = F._eager_stats("logits", z, True, chunk)
+    assert torch.equal(ent, F._logits_entropy(z)) and torch.equal(bad, F._bad_logits(z))
+
+
 def test_entropy_edge_cases_one_hot_uniform_and_minus_inf():
     K = 5
     onehot = torch.nn.functional.one_hot(torch.arange(K), K).float().T.reshape(1, K, 1, K)
