@@ -25,6 +25,7 @@ paired differences and intervals), ``ablation.png`` (differences with intervals)
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -105,15 +106,28 @@ def score(result: dict, last: int) -> float:
     return statistics.mean(tail)
 
 
-def run(name: str, seed: int, out_root: Path, extra, threads: int, kept: Path) -> dict:
+def provenance() -> dict:
+    """What a run's numbers depend on besides its arguments: the training code (the package and
+    the example), the torch version and the CPU's vector ISA. The same seed gives the same curve
+    bit for bit only when all three agree (another ISA rounds differently), so a kept run counts
+    only for the same provenance, and the study never mixes runs of different code or machines."""
+    import torch
+    digest = hashlib.sha256()
+    for f in sorted([*ROOT.glob("entropymix/*.py"), *ROOT.glob("examples/*.py")]):
+        digest.update(f.relative_to(ROOT).as_posix().encode() + b"\0" + f.read_bytes())
+    return {"code": digest.hexdigest()[:16], "torch": torch.__version__,
+            "cpu": torch.backends.cpu.get_cpu_capability()}
+
+
+def run(name: str, seed: int, out_root: Path, extra, threads: int, kept: Path, prov: dict) -> dict:
     """One run's results: kept from an earlier sitting (the copy beside the JSON, for the same
-    train.py arguments), else trained (resuming its checkpoint) and kept."""
-    out = out_root / f"{name}-s{seed}"
+    train.py arguments and provenance), else trained (resuming its checkpoint) and kept."""
+    out = out_root / prov["code"] / f"{name}-s{seed}"  # a checkpoint of other code is never resumed
     result = out / "results.json"
     copy = kept / f"{name}-s{seed}.json"
     if not result.exists() and copy.exists():
         saved = json.loads(copy.read_text())
-        if saved.get("study_args") == extra:
+        if saved.get("study_args") == extra and saved.get("provenance") == prov:
             return saved
     if not result.exists():
         setting = SETTINGS[name.removesuffix("-repeat")]
@@ -122,7 +136,7 @@ def run(name: str, seed: int, out_root: Path, extra, threads: int, kept: Path) -
         print(" ".join(cmd[1:]), flush=True)
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
-    data = {**json.loads(result.read_text()), "study_args": list(extra)}
+    data = {**json.loads(result.read_text()), "study_args": list(extra), "provenance": prov}
     kept.mkdir(parents=True, exist_ok=True)
     copy.write_text(json.dumps(data))  # committed with the JSON: a new checkout resumes the study
     return data
@@ -226,14 +240,23 @@ def report(results: dict, calibration: Optional[dict] = None, total_runs: int = 
         "whatever its mean.",
         "",
     ]
+    prov = results.get("provenance")
+    if prov:
+        lines[-2] += (f" Every run was trained on one machine with one code base: training code fingerprint `{prov['code']}` "
+                      f"(`entropymix/` and `examples/`), torch {prov['torch']}, CPU kernels at {prov['cpu']}. A kept run "
+                      "of other code, torch or CPU is trained again, never mixed in: another vector ISA rounds differently, "
+                      "and rounding alone moves a run's curve.")
     if calibration and calibration.get("noise"):
         n = calibration["noise"]
-        same = ", ".join(f"{v:.1f}" for v in n["same_seed_abs_diff"])
+        same = ", ".join(f"{v:.2f}" for v in n["same_seed_abs_diff"])
+        repeat = ("the same seed run twice gives the same curve bit for bit (score differences "
+                  f"{same} mIoU), so there is no run-to-run noise and the noise is the spread over seeds"
+                  if not any(n["same_seed_abs_diff"]) else
+                  f"the same seed run twice differs by {same} mIoU (score), on top of the spread over seeds")
+        where = "" if calibration.get("provenance") == prov else " (measured with other code or on another machine)"
         lines += [f"**Noise floor** (`python benchmarks/ablation.py --noise`, `benchmarks/results/ablation-calibration.json`; "
-                  f"{n['setting']} with `{' '.join(n['extra_args'])}`, seeds {', '.join(map(str, n['seeds']))}): the same "
-                  f"seed run twice gives the same curve bit for bit (score differences {same} mIoU), so there is no "
-                  "run-to-run noise on this CPU and the noise is the spread over seeds: "
-                  f"{n['seed_std_score']:.2f} mIoU (std of the mean of the last {n['score_epochs']} epochs) and "
+                  f"{n['setting']} with `{' '.join(n['extra_args'])}`, seeds {', '.join(map(str, n['seeds']))}{where}): "
+                  f"{repeat}: {n['seed_std_score']:.2f} mIoU (std of the mean of the last {n['score_epochs']} epochs) and "
                   f"{n['seed_std_final']:.2f} (final epoch)."]
     spreads = ", ".join(f"{k} {table[k]['std']:.2f}" for k in (BASELINE, "unimatch+entropymix") if k in table
                         and len(table[k]["seeds"]) > 1)
@@ -298,13 +321,15 @@ def main(argv=None) -> dict:
     else:  # seed-major: a partial study holds whole seeds of every setting
         jobs = [(n, s) for s in args.seeds for n in args.settings]
     old = json.loads(args.results.read_text()) if args.results.exists() else {}
+    prov = provenance()
     done: dict = {}
     summary: dict = {}
 
     def save():
         nonlocal summary
         summary = summarise(done, args.settings, args.seeds, args.score_epochs)
-        out = {**{k: v for k, v in old.items() if k == "noise"}, "extra_args": extra, "seeds": args.seeds,
+        out = {**{k: v for k, v in old.items() if k == "noise"}, "extra_args": extra, "provenance": prov,
+               "seeds": args.seeds,
                "score": f"mean validation mIoU of the last {args.score_epochs} epochs", **summary,
                "finished_runs": len([k for k in done if not k[0].endswith("-repeat")])}
         if args.noise:
@@ -317,7 +342,7 @@ def main(argv=None) -> dict:
 
     with ThreadPoolExecutor(args.jobs) as pool:
         kept = args.results.with_name(args.results.stem + "-runs")
-        futures = {pool.submit(run, n, s, args.out_root, extra, threads, kept): (n, s) for n, s in jobs}
+        futures = {pool.submit(run, n, s, args.out_root, extra, threads, kept, prov): (n, s) for n, s in jobs}
         for fut in as_completed(futures):
             done[futures[fut]] = fut.result()
             save()  # the partial study is on disk as it grows
@@ -336,7 +361,11 @@ def plot(summary: dict, diff_path: Path, curve_path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    diffs = [d for d in summary["differences"] if d["low"] is not None]
+    diffs, seen = [], set()
+    for d in summary["differences"]:  # a pair and its mirror (supervised vs CutMix) are drawn once
+        if d["low"] is not None and (d["reference"], d["setting"]) not in seen:
+            diffs.append(d)
+            seen.add((d["setting"], d["reference"]))
     if diffs:
         fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(diffs) + 1.2))
         for i, d in enumerate(diffs):

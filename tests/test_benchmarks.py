@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -44,6 +45,17 @@ def test_ablation_quick_is_resumable_paired_and_saves_as_it_grows(tmp_path, caps
     assert "vs UniMatch + CutMix (95% CI)" in capsys.readouterr().out
     again = ablation.main(args)  # every run is finished: nothing is trained again
     assert "train.py" not in capsys.readouterr().out and again == table
+    assert saved["provenance"] == ablation.provenance()
+    # A new checkout has only the kept copies: those of this code and machine count, another's are retrained.
+    shutil.rmtree(tmp_path / "runs")
+    assert ablation.main(args) == table and "train.py" not in capsys.readouterr().out
+    stale = tmp_path / "ablation-runs" / "unimatch+cutmix-s1.json"
+    stale.write_text(json.dumps({**json.loads(stale.read_text()), "provenance": {"code": "0" * 16, "torch": "x", "cpu": "x"}}))
+    retrained = ablation.main(args)  # deterministic: the retrained run scores the same, bit for bit
+    assert {k: r["curves"] for k, r in retrained.items()} == {k: r["curves"] for k, r in table.items()}
+    trained = [line for line in capsys.readouterr().out.splitlines() if "train.py" in line]
+    assert len(trained) == 1 and "unimatch+cutmix-s1" in trained[0]
+    assert json.loads(stale.read_text())["provenance"] == ablation.provenance()
     ablation.main(args + ["--report"])  # the README section, from the JSON alone
     text = capsys.readouterr().out
     assert "examples/train.py" not in text and "| setting |" in text and "6 of 60 runs finished" in text
