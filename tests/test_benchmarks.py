@@ -58,9 +58,20 @@ def test_ablation_quick_is_resumable_paired_and_saves_as_it_grows(tmp_path, caps
     assert json.loads(stale.read_text())["provenance"] == ablation.provenance()
     ablation.main(args + ["--report"])  # the README section, from the JSON alone
     text = capsys.readouterr().out
-    assert "examples/train.py" not in text and "| setting |" in text and "6 of 60 runs finished" in text
+    assert "examples/train.py" not in text and "| setting |" in text and f"6 of {12 * len(ablation.SEEDS)} runs finished" in text
     verdicts = [line for line in text.splitlines() if line.startswith("- ") and "mIoU (95% CI" in line]
     assert len(verdicts) == 2  # ClassMix vs CutMix, CutMix vs supervised: each once, under its finding
+
+
+def test_t_test_p_is_students_t_and_holm_steps_down():
+    for df, t in ablation.T95.items():  # the tabled 97.5% quantiles give p = 0.05
+        assert ablation.t_test_p(t, df) == pytest.approx(0.05, abs=1e-3)
+    assert ablation.t_test_p(1.0, 1) == pytest.approx(0.5) and ablation.t_test_p(0.0, 4) == pytest.approx(1.0)
+    assert ablation.t_test_p(-2.0, 6) == ablation.t_test_p(2.0, 6)
+    diffs = [{"setting": s, "reference": r, "p": p} for s, r, p in
+             [("a", "z", 0.01), ("b", "z", 0.04), ("c", "z", 0.03), ("z", "a", 0.01)]]  # the last mirrors the first
+    ablation.holm(diffs)  # 3 distinct comparisons: 0.01 x 3, then max(0.03, 0.03 x 2), then max(0.06, 0.04 x 1)
+    assert [d["p_holm"] for d in diffs] == pytest.approx([0.03, 0.06, 0.06, 0.03])
 
 
 def test_paired_interval_is_the_t_interval():
@@ -68,6 +79,7 @@ def test_paired_interval_is_the_t_interval():
     half = 4.303 * statistics.stdev([2, 3, 2]) / math.sqrt(3)
     assert out["mean"] == pytest.approx(7 / 3) and out["low"] == pytest.approx(7 / 3 - half)
     assert out["verdict"] == "better" and ablation.paired([1.0, 2.0], [2.0, 1.0])["verdict"].startswith("not")
+    assert out["p"] == pytest.approx(ablation.t_test_p((7 / 3) / (half / 4.303), 2))
 
 
 def test_readme_benchmark_sections_are_generated_from_the_saved_json():
