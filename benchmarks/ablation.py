@@ -337,7 +337,14 @@ def report(results: dict, calibration: Optional[dict] = None, total_runs: int = 
               + " This is a small "
               "from-scratch benchmark on CPU (a width-16 model on the embedded `shapes` data), not a replication of the "
               "paper's VOC and Cityscapes results, which need a pretrained ResNet-101 DeepLabV3+. "
-              "`benchmarks/results/ablation-curves.png` plots the mean mIoU per epoch of every setting."]
+              "`benchmarks/results/ablation-curves.png` plots the mean mIoU per epoch of every setting"]
+    if BASELINE in table:
+        curve = [statistics.mean(c) for c in zip(*table[BASELINE]["curves"].values())]
+        if len(curve) > SCORE_EPOCHS:
+            rise = curve[-1] - curve[-1 - SCORE_EPOCHS]
+            lines[-1] += (f"; {BASELINE}'s mean curve still rises {rise:+.1f} mIoU over its last {SCORE_EPOCHS} epochs, "
+                          "so at this run size the study compares runs that have not converged")
+    lines[-1] += "."
     return "\n".join(lines)
 
 
@@ -430,11 +437,13 @@ def plot(summary: dict, diff_path: Path, curve_path: Path) -> None:
         fig.savefig(diff_path, dpi=110)
         plt.close(fig)
     fig, ax = plt.subplots(figsize=(7.5, 4))
-    for name, row in summary["table"].items():
+    colours = plt.get_cmap("tab20")
+    for i, (name, row) in enumerate(summary["table"].items()):
         curves = list(row["curves"].values())
         n = min(len(c) for c in curves)
         mean = [statistics.mean(c[e] for c in curves) for e in range(n)]
-        ax.plot(range(1, n + 1), mean, label=f"{name} ({len(curves)} seeds)", lw=1.2)
+        ax.plot(range(1, n + 1), mean, label=f"{name} ({len(curves)} seeds)", lw=1.2, color=colours(i),
+                ls="-" if i % 2 == 0 else "--")
     ax.set(xlabel="epoch", ylabel="val mIoU (%), mean over seeds")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
