@@ -1,6 +1,6 @@
 """Accuracy ablation on the embedded dataset: what each piece adds, paired by seed, with intervals.
 
-    python benchmarks/ablation.py --jobs 2          # every setting x 5 seeds (resumable)
+    python benchmarks/ablation.py --jobs 2          # every setting x 7 seeds (resumable)
     python benchmarks/ablation.py --noise --jobs 2  # the instrument's noise floor
     python benchmarks/ablation.py --quick           # a smoke run (tiny data, a few iterations)
 
@@ -70,10 +70,11 @@ COMPARISONS = [
 ]
 NOISE_SETTING = "unimatch+entropymix"
 # The study's run size: the example's dataset and recipe, a narrower model and half the unlabeled
-# images: about 2.5 core-minutes a run on an AVX-512 core (5 on an AVX2 one), so that 12 settings
-# x 7 seeds take about 1.7 hours on 2 cores. Runs are deterministic on one CPU (the same seed twice
-# gives the same curve, bit for bit), so the noise is the spread over seeds, which the pairing by
-# seed removes where settings agree; seven seeds rather than five narrow every interval by a third.
+# images: about 2 core-minutes a run on an AVX-512 core (about 5 on an AVX2 one), so that 12
+# settings x 7 seeds take about 1.5 hours on 2 cores. Runs are deterministic on one CPU (the same
+# seed twice gives the same curve, bit for bit), so the noise is the spread over seeds, which the
+# pairing by seed removes where settings agree; seven seeds rather than five narrow every interval
+# by a quarter (t(6) / sqrt(7) against t(4) / sqrt(5)).
 STUDY = ["--width", "16", "--num-unlabeled", "384", "--epochs", "12"]
 SEEDS = list(range(7))
 SCORE_EPOCHS = 3
