@@ -282,10 +282,10 @@ def report(results: dict, calibration: Optional[dict] = None, total_runs: int = 
     ]
     prov = results.get("provenance")
     if prov:
-        lines[-2] += (f" Every run was trained on one machine with one code base: training code fingerprint `{prov['code']}` "
-                      f"(`entropymix/` and `examples/`), torch {prov['torch']}, CPU kernels at {prov['cpu']}. A kept run "
-                      "of other code, torch or CPU is trained again, never mixed in: another vector ISA rounds differently, "
-                      "and rounding alone moves a run's curve.")
+        lines[-2] += (" Every run was trained on one machine with one code base: training code fingerprint "
+                      f"`{prov['code']}` (`entropymix/` and `examples/`), torch {prov['torch']}, CPU kernels at "
+                      f"{prov['cpu']}. A kept run of other code, torch or CPU is trained again, never mixed in: another "
+                      "vector ISA rounds differently, and rounding alone moves a run's curve.")
     if calibration and calibration.get("noise"):
         n = calibration["noise"]
         same = ", ".join(f"{v:.2f}" for v in n["same_seed_abs_diff"])
@@ -366,8 +366,12 @@ def main(argv=None) -> dict:
     args, extra = ap.parse_known_args(argv)
     if args.report:
         calibration = args.results.with_name(args.results.stem + "-calibration.json")
-        print(report(json.loads(args.results.read_text()),
-                     json.loads(calibration.read_text()) if calibration.exists() else None))
+        results = json.loads(args.results.read_text())
+        print(report(results, json.loads(calibration.read_text()) if calibration.exists() else None))
+        if results.get("provenance") != provenance():  # the README would describe other code or another machine
+            print(f"ablation.py: the study in {args.results} was trained with {results.get('provenance')}, this "
+                  f"checkout is {provenance()}: rerun `python benchmarks/ablation.py --jobs 2` before quoting it",
+                  file=sys.stderr)
         return {}  # anything else goes to train.py (e.g. --epochs 20)
     extra = (QUICK if args.quick else STUDY) + extra  # later flags win: extra args override the study size
     threads = max(1, (os.cpu_count() or 1) // args.jobs)

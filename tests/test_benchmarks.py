@@ -50,12 +50,19 @@ def test_ablation_quick_is_resumable_paired_and_saves_as_it_grows(tmp_path, caps
     shutil.rmtree(tmp_path / "runs")
     assert ablation.main(args) == table and "train.py" not in capsys.readouterr().out
     stale = tmp_path / "ablation-runs" / "unimatch+cutmix-s1.json"
-    stale.write_text(json.dumps({**json.loads(stale.read_text()), "provenance": {"code": "0" * 16, "torch": "x", "cpu": "x"}}))
+    other = {"code": "0" * 16, "torch": "x", "cpu": "x"}
+    stale.write_text(json.dumps({**json.loads(stale.read_text()), "provenance": other}))
     retrained = ablation.main(args)  # deterministic: the retrained run scores the same, bit for bit
     assert {k: r["curves"] for k, r in retrained.items()} == {k: r["curves"] for k, r in table.items()}
     trained = [line for line in capsys.readouterr().out.splitlines() if "train.py" in line]
     assert len(trained) == 1 and "unimatch+cutmix-s1" in trained[0]
     assert json.loads(stale.read_text())["provenance"] == ablation.provenance()
+    capsys.readouterr()
+    ablation.main(args + ["--report"])  # a study of this checkout: no warning
+    assert "rerun" not in capsys.readouterr().err
+    results.write_text(json.dumps({**json.loads(results.read_text()), "provenance": other}))
+    ablation.main(args + ["--report"])  # a study of other code: the report says so on stderr
+    assert "rerun `python benchmarks/ablation.py --jobs 2`" in capsys.readouterr().err
     ablation.main(args + ["--report"])  # the README section, from the JSON alone
     text = capsys.readouterr().out
     assert "examples/train.py" not in text and "| setting |" in text and f"6 of {12 * len(ablation.SEEDS)} runs finished" in text
