@@ -326,7 +326,7 @@ def report(results: dict, calibration: Optional[dict] = None, total_runs: int = 
     lines += found or ["- none."]
     lines += ["", "Not distinguishable on this benchmark (the interval contains 0, whatever the sign of the mean):", ""]
     lines += unclear or ["- none."]
-    distinct = {frozenset((d["setting"], d["reference"])): d for d in diffs}
+    distinct = {frozenset((d["setting"], d["reference"])) for d in diffs}
     kept = [QUESTIONS[d["setting"], d["reference"]] for d in diffs
             if (d["setting"], d["reference"]) in QUESTIONS and d["p_holm"] < 0.05]
     m = len(distinct)
@@ -368,9 +368,10 @@ def main(argv=None) -> dict:
         calibration = args.results.with_name(args.results.stem + "-calibration.json")
         results = json.loads(args.results.read_text())
         print(report(results, json.loads(calibration.read_text()) if calibration.exists() else None))
-        if results.get("provenance") != provenance():  # the README would describe other code or another machine
+        here = provenance()
+        if results.get("provenance") != here:  # the README would describe other code or another machine
             print(f"ablation.py: the study in {args.results} was trained with {results.get('provenance')}, this "
-                  f"checkout is {provenance()}: rerun `python benchmarks/ablation.py --jobs 2` before quoting it",
+                  f"checkout is {here}: rerun `python benchmarks/ablation.py --jobs 2` before quoting it",
                   file=sys.stderr)
         return {}  # anything else goes to train.py (e.g. --epochs 20)
     extra = (QUICK if args.quick else STUDY) + extra  # later flags win: extra args override the study size
