@@ -1,12 +1,13 @@
 """Functional layer: pure, batched tensor ops behind :class:`~entropymix.EntropyMix`,
-:class:`~entropymix.CutMix` and :class:`~entropymix.MixPlan`.
+:class:`~entropymix.CutMix`, :class:`~entropymix.ClassMix` and :class:`~entropymix.MixPlan`.
 
 The grid rule is used everywhere: pixel ``(y, x)`` of any ``(h, w)`` map
 belongs to cell ``(floor(y * gh / h), floor(x * gw / w))``. A pixel plan is the same rule with
 ``(gh, gw) = (H, W)``, so one gather serves grid plans, pixel plans and every resolution.
 
 Nothing here loops over samples or cells, and nothing synchronises with the device unless a
-value check (``check_values=True``) asks for it.
+value check (``check_values=True``) asks for it. Everything runs eagerly; :func:`set_compile`
+opts in to a ``torch.compile`` kernel for the one bandwidth-heavy step, the per-pixel entropy.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import sys
 import warnings
-from typing import Callable, ContextManager, List, Optional, Sequence, Tuple, Union
+from typing import ContextManager, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
+
+from . import _validation as validate
+from ._validation import Grid
 
 __all__ = [
     "entropy",
@@ -34,34 +37,15 @@ __all__ = [
     "set_compile",
     "warmup",
     "SELECT_MODES",
+    "SIMPLEX_TOLERANCE",
 ]
 
 SELECT_MODES = ("max", "min", "sample", "random")
 
-Grid = Union[int, Tuple[int, int]]
-
-
-# ----------------------------------------------------------------------------------------------
-# The per-pixel entropy (the one bandwidth-heavy step): one pass over each probability map
-# ----------------------------------------------------------------------------------------------
-
-_COMPILE = {"enabled": os.environ.get("ENTROPYMIX_COMPILE", "1").lower() not in ("0", "false", "off")}
-_COMPILED: dict = {}
-_ANNOUNCED: set = set()
-
-
-def set_compile(enabled: bool) -> None:
-    """Turn the ``torch.compile`` fast path of the entropy (and its value checks) on or off.
-
-    On by default; the environment variable ``ENTROPYMIX_COMPILE=0`` switches it off at import.
-    The compiled kernel reads each probability (or logit) map once and yields the per-pixel
-    entropy together with what the value checks need (row sum, minimum / maximum), never
-    materialising ``p log p``. It is compiled once per device type, dtype and input kind, for
-    every batch size, class count and crop (all four dims are dynamic); :func:`warmup` pays
-    that ahead of training. If compilation fails, the eager path is used from then on with a
-    single warning.
-    """
-    _COMPILE["enabled"] = bool(enabled)
+# Row sums of probabilities that went through float16/bfloat16 on their way here (a softmax
+# under autocast, then .float()) are off by up to K half-ulps of bfloat16. The tolerance must
+# cover that whatever dtype the tensor has now; unnormalised scores are still far outside it.
+SIMPLEX_TOLERANCE = 2e-2
 
 
 def _float32_math(device: torch.device) -> ContextManager:
@@ -72,25 +56,23 @@ def _float32_math(device: torch.device) -> ContextManager:
     """
     try:
         on = torch.is_autocast_enabled(device.type)
-    except RuntimeError:  # a device type autocast does not know (e.g. "meta")
+    except (RuntimeError, TypeError):  # a device type autocast does not know (e.g. "meta")
         return contextlib.nullcontext()
     return torch.autocast(device.type, enabled=False) if on else contextlib.nullcontext()
 
 
-def _probs_stats(probs: Tensor) -> Tuple[Tensor, Tensor]:
-    """Entropy of ``(B, K, h, w)`` probabilities and the bool map of pixels that fail the value
-    check: one fused pass (the entropy, row sum and row minimum share the loop over classes).
+# ----------------------------------------------------------------------------------------------
+# The per-pixel entropy (the one bandwidth-heavy step) and its value checks
+# ----------------------------------------------------------------------------------------------
 
-    The loop computes sum(where(p > 0, -p log p, 0)), which inductor vectorises (its lowering of
-    entr() checks NaN element by element, and a second where() inside the loop costs 1.7x).
-    entr()'s values for rows holding NaN or a negative entry are then set on the small per-pixel
-    maps from the row sum and minimum, so the compiled and eager paths agree: NaN where a row
-    has NaN, -inf where it has a negative entry.
-    """
-    p = probs.float()
-    ent, total, low = torch.where(p > 0, -p * p.log(), 0.0).sum(1), p.sum(1), p.amin(1)
-    ent = torch.where(torch.isnan(total), math.nan, torch.where(low < 0, -math.inf, ent))
-    return ent, ~torch.isfinite(total) | (low < 0) | ((total - 1).abs() > SIMPLEX_TOLERANCE)
+def _bad_probs(total: Tensor, low: Tensor) -> Tensor:
+    """``(B, h, w)`` bool: rows that are no distribution, from their sum and minimum."""
+    return ~torch.isfinite(total) | (low < 0) | ((total - 1).abs() > SIMPLEX_TOLERANCE)
+
+
+def _bad_logits(logits: Tensor) -> Tensor:
+    """``(B, h, w)`` bool: NaN, ``+inf``, or every class ``-inf`` (``amax`` propagates NaN)."""
+    return ~torch.isfinite(logits.amax(1))
 
 
 def _logits_entropy(logits: Tensor) -> Tensor:
@@ -100,143 +82,127 @@ def _logits_entropy(logits: Tensor) -> Tensor:
     return torch.where(logp > -math.inf, -logp.exp() * logp, 0.0).sum(1)
 
 
-def _logits_stats(logits: Tensor) -> Tuple[Tensor, Tensor]:
-    """The entropy and the bool map of pixels with NaN, ``+inf`` or only ``-inf`` logits (the row
-    maximum is not finite)."""
-    return _logits_entropy(logits), ~torch.isfinite(logits.float().amax(1))
-
-
-def _dynamic_shapes() -> Tuple[Callable[[Tensor, int], None], ContextManager]:
-    """How every dim is made dynamic without specialising 1-sized dims or equal sizes: backed
-    symbols with size-oblivious reasoning and no duck sizing where torch has them (inductor then
-    fuses the reductions into one loop), unbacked symbols otherwise (one loop per reduction)."""
-    from torch.fx.experimental import _config as fx_config
-    if hasattr(fx_config, "backed_size_oblivious") and hasattr(fx_config, "use_duck_shape"):
-        return torch._dynamo.mark_dynamic, fx_config.patch(backed_size_oblivious=True, use_duck_shape=False)
-    return torch._dynamo.decorators.mark_unbacked, contextlib.nullcontext()
-
-
-def _compiled_stats(kind: str, x: Tensor) -> Optional[Tuple[Tensor, Tensor]]:
-    """The fused stats through ``torch.compile``, or None when the fast path is off or failed."""
-    if not _COMPILE["enabled"] or torch.compiler.is_compiling() or x.numel() == 0 or x.device.type == "meta":
-        return None
-    fn = _probs_stats if kind == "probs" else _logits_stats
-    compiled = _COMPILED.get(fn)
-    if compiled is None:
-        compiled = _COMPILED[fn] = torch.compile(fn, dynamic=True)
-    key = (kind, x.device.type, x.dtype)
-    if key not in _ANNOUNCED:
-        _ANNOUNCED.add(key)
-        print(f"entropymix: compiling the fused entropy kernel for {kind} ({x.device.type}, "
-              f"{str(x.dtype).replace('torch.', '')}); once per device type and dtype, for every shape. "
-              "entropymix.functional.warmup() does it ahead of training; set_compile(False) skips it.",
-              file=sys.stderr, flush=True)
-    # Every dim dynamic and unspecialised (no 0/1 or duck-size guards): one compilation serves
-    # every batch size, class count and crop. An alias carries the marks, not the caller's
-    # tensor (detach(): no autograd needed here, and no _base whose sizes dynamo would guard).
-    view = x.detach()
-    mark, shapes = _dynamic_shapes()
-    for d in range(4):
-        mark(view, d)
-    try:
-        with shapes:
-            return compiled(view)
-    except Exception as err:  # a missing C++ compiler / triton must not break training
-        _COMPILE["enabled"] = False
-        warnings.warn(f"entropymix: torch.compile fast path disabled ({type(err).__name__}: {err}); "
-                      "using eager entropy", RuntimeWarning, stacklevel=4)
-        return None
-
-
 # The eager path works through the batch in chunks of about this many elements: the same
-# per-pixel sums bit for bit, without a (B, K, h, w) temporary (1.5x faster on CPU at B=8, 321^2).
+# per-pixel sums bit for bit, without a (B, K, h, w) float32 temporary (1.5x faster on CPU).
 EAGER_CHUNK = 1 << 22
 
 
-def _eager_stats(kind: str, x: Tensor, check: bool, chunk: int = 0) -> Tuple[Tensor, Optional[Tensor]]:
-    """Exact eager entropy (entr() / log_softmax) and, with ``check``, the failing-pixel map."""
-    rows = max(1, (chunk or EAGER_CHUNK) // max(1, x[0].numel()))
+def _eager_stats(kind: str, x: Tensor, check_values: bool, chunk: Optional[int] = None) -> Tuple[Tensor, Optional[Tensor]]:
+    """Exact entropy (entr() / log_softmax) of a ``(B, K, h, w)`` map and, with ``check_values``,
+    the bool map of pixels failing the value check; ``chunk`` elements at a time."""
+    rows = max(1, (chunk or EAGER_CHUNK) // max(1, math.prod(x.shape[1:])))
     ents, bads = [], []
     for c in x.split(rows):
-        ents.append(torch.special.entr(c.float()).sum(1) if kind == "probs" else _logits_entropy(c))
-        if check:
-            bads.append(_bad_probs(c) if kind == "probs" else _bad_logits(c))
-    return torch.cat(ents), (torch.cat(bads) if check else None)
+        c = c.float()
+        if kind == "probs":
+            ents.append(torch.special.entr(c).sum(1))
+            if check_values:
+                bads.append(_bad_probs(c.sum(1), c.amin(1)))
+        else:
+            ents.append(_logits_entropy(c))
+            if check_values:
+                bads.append(_bad_logits(c))
+    return torch.cat(ents), (torch.cat(bads) if check_values else None)
 
 
-def _entropy_and_bad(kind: str, x: Tensor, check: bool) -> Tuple[Tensor, Optional[Tensor]]:
-    """``(B, h, w)`` float32 entropy of a probability or logit map and, with ``check``, the bool
-    map of pixels that fail the value check; one read of ``x`` on the compiled path."""
-    with _float32_math(x.device):
-        stats = _compiled_stats(kind, x)
-        if stats is None:
-            return _eager_stats(kind, x, check)
-        return stats[0], (stats[1] if check else None)
+# --- the opt-in compiled kernel -----------------------------------------------------------------
+
+_COMPILE = {"enabled": os.environ.get("ENTROPYMIX_COMPILE", "0").lower() in ("1", "true", "on")}
+_COMPILED: dict = {}
+
+
+def set_compile(enabled: bool) -> bool:
+    """Opt in to (or out of) the ``torch.compile`` kernel of the per-pixel entropy; returns the
+    previous setting.
+
+    Off by default (also ``ENTROPYMIX_COMPILE=1`` at import turns it on): every op then runs
+    eagerly, exactly, on every supported torch, with no compiler needed and no first-call cost.
+    The compiled kernel reads each probability (or logit) map once and yields the entropy with
+    what the value checks need; it is compiled once per device type, dtype and input kind, for
+    every shape where torch allows (:func:`warmup` pays that ahead of training), and needs a
+    C++ compiler on CPU or Triton on CUDA. If compilation fails, the eager path is used from
+    then on, with one warning. On CPU it cuts the mixer's own time by about half, about 1% of
+    a training step (``benchmarks/step_overhead.py``).
+
+    >>> previous = set_compile(False)   # the default: eager
+    >>> set_compile(previous)
+    False
+    """
+    previous = _COMPILE["enabled"]
+    _COMPILE["enabled"] = bool(enabled)
+    return previous
+
+
+def _probs_stats(probs: Tensor) -> Tuple[Tensor, Tensor]:
+    """Entropy of ``(B, K, h, w)`` probabilities and the failing-pixel map in one fused pass.
+
+    The loop computes sum(where(p > 0, -p log p, 0)), which inductor vectorises (its lowering of
+    entr() checks NaN element by element). entr()'s values for rows holding NaN or a negative
+    entry are then set on the small per-pixel maps from the row sum and minimum, so the compiled
+    and eager paths agree: NaN where a row has NaN, -inf where it has a negative entry.
+    """
+    p = probs.float()
+    ent, total, low = torch.where(p > 0, -p * p.log(), 0.0).sum(1), p.sum(1), p.amin(1)
+    ent = torch.where(torch.isnan(total), math.nan, torch.where(low < 0, -math.inf, ent))
+    return ent, _bad_probs(total, low)
+
+
+def _logits_stats(logits: Tensor) -> Tuple[Tensor, Tensor]:
+    return _logits_entropy(logits), _bad_logits(logits.float())
+
+
+def _dynamic(view: Tensor) -> ContextManager:
+    """Mark every dim of ``view`` dynamic without specialising 1-sized dims or equal sizes, so one
+    compilation serves every batch, class count and crop: backed symbols with size-oblivious
+    reasoning and no duck sizing where torch has them (one fused loop), unbacked symbols where
+    only those exist. On older torch neither exists and ``dynamic=True`` alone is used (a batch
+    of 1 may then compile once more)."""
+    from torch.fx.experimental import _config as fx_config
+    if hasattr(fx_config, "backed_size_oblivious") and hasattr(fx_config, "use_duck_shape"):
+        for d in range(view.dim()):
+            torch._dynamo.mark_dynamic(view, d)
+        return fx_config.patch(backed_size_oblivious=True, use_duck_shape=False)
+    mark = getattr(torch._dynamo, "mark_unbacked", None) or getattr(torch._dynamo.decorators, "mark_unbacked", None)
+    if mark is not None:
+        for d in range(view.dim()):
+            mark(view, d)
+    return contextlib.nullcontext()
+
+
+def _compiled_stats(kind: str, x: Tensor) -> Optional[Tuple[Tensor, Tensor]]:
+    """The fused stats through ``torch.compile``, or None when the kernel is off or failed."""
+    if not _COMPILE["enabled"] or torch.compiler.is_compiling() or x.numel() == 0 or x.device.type == "meta":
+        return None
+    fn = _probs_stats if kind == "probs" else _logits_stats
+    try:
+        compiled = _COMPILED.get(fn)
+        if compiled is None:
+            compiled = _COMPILED[fn] = torch.compile(fn, dynamic=True)
+        # An alias carries the marks, not the caller's tensor (detach(): no autograd needed here,
+        # and no _base whose sizes dynamo would guard).
+        view = x.detach()
+        with _dynamic(view):
+            return compiled(view)
+    except Exception as err:  # a missing C++ compiler / triton, an older torch: never break training
+        _COMPILE["enabled"] = False
+        warnings.warn(f"entropymix: torch.compile kernel disabled ({type(err).__name__}: {err}); "
+                      "using the eager entropy", RuntimeWarning, stacklevel=4)
+        return None
 
 
 def warmup(device: Union[str, torch.device] = "cpu", dtypes: Sequence[torch.dtype] = (torch.float32,),
            kinds: Sequence[str] = ("probs", "logits")) -> None:
-    """Compile the fused entropy kernels now, so the first training step does not wait for them.
+    """Compile the opt-in entropy kernels now, so the first training step does not wait for them.
 
     One small call per kind and dtype compiles the kernel that then serves every shape. A no-op
-    when the fast path is off (:func:`set_compile`).
+    while the kernel is off (:func:`set_compile`).
     """
     device = torch.device(device)
     for kind in kinds:
-        if kind not in ("probs", "logits"):
-            raise ValueError(f"kinds must hold 'probs' and/or 'logits', got {kind!r}")
+        validate.choice("kinds", kind, ("probs", "logits"))
         for dtype in dtypes:
             x = torch.rand(2, 3, 5, 6, device=device).softmax(1).to(dtype)
             _compiled_stats(kind, x if kind == "probs" else x.log())
-
-
-# ----------------------------------------------------------------------------------------------
-# Validation helpers (shape checks are free; value checks synchronise and are optional)
-# ----------------------------------------------------------------------------------------------
-
-def _shape(t: Tensor) -> str:
-    return "(" + ", ".join(str(s) for s in t.shape) + ")"
-
-
-def _check_tensor(name: str, t: object, ndim: Optional[Sequence[int]] = None, floating: bool = False) -> Tensor:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if ndim is not None and t.dim() not in ndim:
-        want = " or ".join(f"{n}-D" for n in ndim)
-        raise ValueError(f"{name} must be {want}, got shape {_shape(t)}")
-    if floating and not t.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-    return t
-
-
-def _pair(name: str, value: Grid) -> Tuple[int, int]:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if isinstance(value, int):
-        value = (value, value)
-    if (not isinstance(value, (tuple, list)) or len(value) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if value[0] < 1 or value[1] < 1:
-        raise ValueError(f"{name} must be positive, got {tuple(value)}")
-    return int(value[0]), int(value[1])
-
-
-# Row sums of probabilities that went through float16/bfloat16 on their way here (a softmax
-# under autocast, then .float()) are off by up to K half-ulps of bfloat16. The tolerance must
-# cover that whatever dtype the tensor has now; unnormalised scores are still far outside it.
-SIMPLEX_TOLERANCE = 2e-2
-
-
-def _bad_probs(probs: Tensor) -> Tensor:
-    """``(B, h, w)`` bool: pixels whose class vector is not a distribution (within the tolerance)."""
-    total = probs.sum(1, dtype=torch.float32)  # non-finite if any entry is
-    return ~torch.isfinite(total) | (probs < 0).any(1) | ((total - 1).abs() > SIMPLEX_TOLERANCE)
-
-
-def _bad_logits(logits: Tensor) -> Tensor:
-    """``(B, h, w)`` bool: NaN, ``+inf``, or every class ``-inf`` (``amax`` propagates NaN)."""
-    return ~torch.isfinite(logits.amax(1))
 
 
 def _raise_if_bad(kind: str, names: Sequence[str], maps: Sequence[Tensor], bads: Sequence[Tensor]) -> None:
@@ -248,25 +214,27 @@ def _raise_if_bad(kind: str, names: Sequence[str], maps: Sequence[Tensor], bads:
     v = int(flags.int().argmax())
     name, m = names[v], maps[v]
     if kind == "logits":
-        raise ValueError(f"{name} contains NaN or +inf, or a pixel whose logits are all -inf (shape {_shape(m)})")
+        raise ValueError(f"{name} contains NaN or +inf, or a pixel whose logits are all -inf (shape {validate.shape(m)})")
     if not bool(torch.isfinite(m).all()):
-        raise ValueError(f"{name} contains non-finite values (shape {_shape(m)})")
+        raise ValueError(f"{name} contains non-finite values (shape {validate.shape(m)})")
     raise ValueError(f"{name} must be probabilities: non-negative and summing to 1 over dim 1 "
-                     f"within {SIMPLEX_TOLERANCE} (shape {_shape(m)}); pass logits= for unnormalised scores")
+                     f"within {SIMPLEX_TOLERANCE} (shape {validate.shape(m)}); pass logits= for unnormalised scores")
 
 
 def _entropies(kind: str, names: Sequence[str], maps: Sequence[Tensor], masks: Sequence[Optional[Tensor]],
-               check: bool) -> List[Tensor]:
-    """Entropy maps of V probability / logit maps; with ``check``, the value checks of their valid
-    pixels (``masks``, bool at each map's resolution, or None) with one synchronisation for all.
-    What an ignored pixel holds is never read, so it is never rejected either."""
+               check_values: bool) -> List[Tensor]:
+    """``(B, h, w)`` float32 entropy maps of V probability / logit maps; with ``check_values``, the
+    value checks of their valid pixels (``masks``, bool at each map's resolution, or None) with
+    one synchronisation for all. What an ignored pixel holds is never read, so never rejected."""
     ents, bads = [], []
-    for m, mask in zip(maps, masks):
-        ent, bad = _entropy_and_bad(kind, m, check)
-        ents.append(ent)
-        if check:
-            bads.append(bad if mask is None else bad & mask)
-    if check:
+    with _float32_math(maps[0].device):
+        for m, mask in zip(maps, masks):
+            stats = _compiled_stats(kind, m)
+            ent, bad = _eager_stats(kind, m, check_values) if stats is None else stats
+            ents.append(ent)
+            if check_values:
+                bads.append(bad if mask is None else bad & mask)
+    if check_values:
         _raise_if_bad(kind, names, maps, bads)
     return ents
 
@@ -286,8 +254,12 @@ def entropy(probs: Tensor, *, check_values: bool = True) -> Tensor:
 
     Returns:
         ``(B, h, w)`` float32 entropy in ``[0, log K]``.
+
+    >>> entropy(torch.full((1, 4, 2, 2), 0.25))  # uniform over 4 classes: log 4
+    tensor([[[1.3863, 1.3863],
+             [1.3863, 1.3863]]])
     """
-    _check_tensor("probs", probs, ndim=(4,), floating=True)
+    validate.prediction("probs", probs)
     return _entropies("probs", ["probs"], [probs], [None], check_values)[0]
 
 
@@ -301,8 +273,11 @@ def entropy_from_logits(logits: Tensor, *, check_values: bool = True) -> Tensor:
 
     Returns:
         ``(B, h, w)`` float32 entropy in ``[0, log K]``.
+
+    >>> entropy_from_logits(torch.tensor([0.0, 1e4, -math.inf]).view(1, 3, 1, 1))  # one-hot: 0
+    tensor([[[0.]]])
     """
-    _check_tensor("logits", logits, ndim=(4,), floating=True)
+    validate.prediction("logits", logits)
     return _entropies("logits", ["logits"], [logits], [None], check_values)[0]
 
 
@@ -326,26 +301,18 @@ def resize_nearest(x: Tensor, size: Tuple[int, int]) -> Tensor:
     Works for any dtype (bool masks, labels); a no-op view when the size already matches.
     Unlike ``F.interpolate(mode="nearest")`` it is exactly the rule used by plans, so a mask
     resized here lines up with a plan applied at the same size.
+
+    >>> resize_nearest(torch.tensor([[1, 2]]), (1, 5))      # 5 columns over 2 cells: 3 + 2
+    tensor([[1, 1, 1, 2, 2]])
     """
     h, w = x.shape[-2:]
     H, W = size
     if (h, w) == (H, W):
         return x
     if h == 0 or w == 0:
-        raise ValueError(f"cannot resize an empty map of shape {_shape(x)}")
+        raise ValueError(f"cannot resize an empty map of shape {validate.shape(x)}")
     x = x.index_select(-2, _cells(H, h, x.device))
     return x.index_select(-1, _cells(W, w, x.device))
-
-
-def _as_mask(name: str, valid: object, ignore_index: int) -> Tensor:
-    """A bool mask from a bool mask or an integer label map (``ignore_index`` pixels are invalid)."""
-    _check_tensor(name, valid)
-    if valid.dtype == torch.bool:
-        return valid
-    if valid.is_floating_point() or valid.is_complex():
-        raise TypeError(f"{name} must be a bool mask or an integer label map (ignore_index={ignore_index} "
-                        f"is invalid), got dtype {valid.dtype} {_shape(valid)}")
-    return valid != ignore_index
 
 
 def patch_entropy(entropy: Tensor, grid: Grid, valid: Optional[Tensor] = None, *, ignore_index: int = 255,
@@ -365,20 +332,27 @@ def patch_entropy(entropy: Tensor, grid: Grid, valid: Optional[Tensor] = None, *
         ``(*, gh, gw)`` float32 mean entropy; a cell without valid pixels gets 0 (and ``False``
         in the returned cell mask, which :func:`select_views` uses so that it is never preferred).
         Computed in float32 under ``torch.autocast`` too (pixel counts stay exact).
+
+    >>> ent = torch.tensor([[0.0, 1.0, 2.0], [3.0, 4.0, 5.0], [6.0, 7.0, 8.0]])
+    >>> patch_entropy(ent, (2, 2))  # floor(y * 2 / 3): rows {0, 1}, {2}; columns likewise
+    tensor([[2.0000, 3.5000],
+            [6.5000, 8.0000]])
+    >>> patch_entropy(ent, 1, valid=torch.tensor([[0, 0, 255]] * 3))  # label map: 255 ignored
+    tensor([[3.5000]])
     """
-    _check_tensor("entropy", entropy, floating=True)
+    validate.tensor("entropy", entropy, floating=True)
     if entropy.dim() < 2:
-        raise ValueError(f"entropy must have at least 2 dims (*, h, w), got shape {_shape(entropy)}")
-    gh, gw = _pair("grid", grid)
+        raise ValueError(f"entropy must have at least 2 dims (*, h, w), got shape {validate.shape(entropy)}")
+    gh, gw = validate.pair("grid", grid)
     h, w = entropy.shape[-2:]
     if gh > h or gw > w:
-        raise ValueError(f"grid {(gh, gw)} is larger than the entropy map {(h, w)} (shape {_shape(entropy)})")
+        raise ValueError(f"grid {(gh, gw)} is larger than the entropy map {(h, w)} (shape {validate.shape(entropy)})")
     mask = None
     if valid is not None:
-        mask = _as_mask("valid", valid, ignore_index)
+        mask = validate.mask("valid", valid, None, None, ignore_index, ndim=None)
         if mask.shape[:-2] != entropy.shape[:-2] or mask.dim() != entropy.dim():
             raise ValueError(f"valid must have shape (*, h, w) with * = {tuple(entropy.shape[:-2])}, "
-                             f"got {_shape(valid)} for entropy {_shape(entropy)}")
+                             f"got {validate.shape(valid)} for entropy {validate.shape(entropy)}")
         if mask.device != entropy.device:
             raise ValueError(f"valid is on {mask.device} but entropy is on {entropy.device}")
         mask = resize_nearest(mask, (h, w))
@@ -404,14 +378,8 @@ def patch_entropy(entropy: Tensor, grid: Grid, valid: Optional[Tensor] = None, *
 # Selection
 # ----------------------------------------------------------------------------------------------
 
-def _check_generator(generator: object) -> None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__} {generator!r}")
-
-
 def _uniform(shape: Tuple[int, ...], device: torch.device, generator: Optional[torch.Generator]) -> Tensor:
     # Draw on the generator's device so a CPU generator gives the same plan on CPU and CUDA.
-    _check_generator(generator)
     src = generator.device if generator is not None else device
     return torch.rand(shape, generator=generator, device=src).to(device, non_blocking=True)
 
@@ -432,23 +400,26 @@ def select_views(patch_entropy: Tensor, mode: str = "max", temperature: float = 
 
     Returns:
         ``(B, gh, gw)`` int64 view index.
+
+    >>> cells = torch.tensor([[[[0.1, 0.9]]], [[[0.5, 0.2]]]])  # V=2 views, B=1, a 1 x 2 grid
+    >>> select_views(cells, "max")
+    tensor([[[1, 0]]])
     """
-    _check_tensor("patch_entropy", patch_entropy, ndim=(4,), floating=True)
-    if mode not in SELECT_MODES:
-        raise ValueError(f"mode must be one of {SELECT_MODES}, got {mode!r}")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    validate.tensor("patch_entropy", patch_entropy, ndim=(4,), floating=True)
+    validate.generator(generator)
+    validate.choice("mode", mode, SELECT_MODES)
+    validate.positive("temperature", temperature)
     V = patch_entropy.shape[0]
     if V < 1:
-        raise ValueError(f"patch_entropy needs at least one view, got shape {_shape(patch_entropy)}")
+        raise ValueError(f"patch_entropy needs at least one view, got shape {validate.shape(patch_entropy)}")
     ent = patch_entropy.float()
     if mode == "random":
         u = _uniform(ent.shape[1:], ent.device, generator)
         return (u * V).long().clamp_max_(V - 1)
     if valid is not None:
         if valid.shape != patch_entropy.shape or valid.dtype != torch.bool:
-            raise ValueError(f"valid must be a bool tensor shaped like patch_entropy {_shape(patch_entropy)}, "
-                             f"got {valid.dtype} {_shape(valid)}")
+            raise ValueError(f"valid must be a bool tensor shaped like patch_entropy {validate.shape(patch_entropy)}, "
+                             f"got {valid.dtype} {validate.shape(valid)}")
         # Where no view has a valid pixel, every view competes on entropy alone.
         valid = valid | ~valid.any(0, keepdim=True)
     if mode == "max":
@@ -471,7 +442,7 @@ def select_views(patch_entropy: Tensor, mode: str = "max", temperature: float = 
 
 def source_map(index: Tensor, size: Tuple[int, int]) -> Tensor:
     """``(B, h, w)`` source view of every pixel at resolution ``size`` for a ``(B, gh, gw)`` plan index."""
-    _check_tensor("index", index, ndim=(3,))
+    validate.tensor("index", index, ndim=(3,))
     return resize_nearest(index, size)
 
 
@@ -491,30 +462,33 @@ def apply_plan(index: Tensor, tensors: Sequence[Tensor], *, num_views: Optional[
         A new tensor shaped like ``tensors[0]`` (and in its memory format for 4-D inputs). Its
         dtype is the promotion of the tensors' dtypes, as ``torch.where`` does
         (``torch.result_type``): bfloat16 and float32 confidences give float32, every value exact.
+
+    >>> index = torch.tensor([[[0, 1]]])                     # a 1 x 2 grid: right cell from view 1
+    >>> apply_plan(index, [torch.zeros(1, 2, 3, dtype=torch.long), torch.ones(1, 2, 3, dtype=torch.long)])
+    tensor([[[0, 0, 1],
+             [0, 0, 1]]])
     """
     size = _check_plan_inputs(index, tensors, num_views)
     return _mix(_view_masks(index, len(tensors), size), tensors)
 
 
 def _check_plan_inputs(index: Tensor, tensors: Sequence[Tensor], num_views: Optional[int]) -> Tuple[int, int]:
-    _check_tensor("index", index, ndim=(3,))
+    validate.tensor("index", index, ndim=(3,))
     if index.dtype != torch.int64:
         raise TypeError(f"index must be int64, got {index.dtype}")
-    if isinstance(tensors, Tensor) or not isinstance(tensors, (list, tuple)):
-        raise TypeError(f"tensors must be a list or tuple of tensors, got {type(tensors).__name__}")
-    V = len(tensors)
+    V = len(validate.sequence("tensors", tensors))
     if num_views is not None and V != num_views:
         raise ValueError(f"the plan mixes {num_views} views but {V} tensors were given")
     if V < 1:
         raise ValueError("tensors is empty")
-    first = _check_tensor("tensors[0]", tensors[0], ndim=(3, 4))
+    first = validate.tensor("tensors[0]", tensors[0], ndim=(3, 4))
     for v, t in enumerate(tensors):
-        _check_tensor(f"tensors[{v}]", t)
+        validate.tensor(f"tensors[{v}]", t)
         if t.shape != first.shape or t.device != first.device:
-            raise ValueError(f"tensors must share shape and device: tensors[0] is {_shape(first)} "
-                             f"on {first.device}, tensors[{v}] is {_shape(t)} on {t.device}")
+            raise ValueError(f"tensors must share shape and device: tensors[0] is {validate.shape(first)} "
+                             f"on {first.device}, tensors[{v}] is {validate.shape(t)} on {t.device}")
     if first.shape[0] != index.shape[0]:
-        raise ValueError(f"batch size mismatch: index {_shape(index)} vs tensors {_shape(first)}")
+        raise ValueError(f"batch size mismatch: index {validate.shape(index)} vs tensors {validate.shape(first)}")
     if index.device != first.device:
         raise ValueError(f"index is on {index.device} but tensors are on {first.device}")
     return first.shape[-2], first.shape[-1]
@@ -556,17 +530,20 @@ def cutmix_boxes(batch_size: int, size: Tuple[int, int], p: float = 0.5, size_mi
 
     Returns:
         ``(B, H, W)`` int64 pixel plan: 1 inside the box (taken from the second view), else 0.
+
+    >>> boxes = cutmix_boxes(4, (32, 32), p=1.0, generator=torch.Generator().manual_seed(0))
+    >>> boxes.shape, bool(((boxes.float().mean((1, 2)) >= 0.0) & (boxes.float().mean((1, 2)) <= 0.4)).all())
+    (torch.Size([4, 32, 32]), True)
     """
     if not isinstance(batch_size, int) or batch_size < 0:
         raise ValueError(f"batch_size must be a non-negative int, got {batch_size!r}")
-    H, W = _pair("size", size)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"p must be in [0, 1], got {p!r}")
+    H, W = validate.pair("size", size)
+    validate.probability("p", p)
     if not 0.0 <= size_min <= size_max <= 1.0:
         raise ValueError(f"need 0 <= size_min <= size_max <= 1, got size_min={size_min!r}, size_max={size_max!r}")
     if len(ratio) != 2 or not 0.0 < ratio[0] <= ratio[1]:
         raise ValueError(f"ratio must be (low, high) with 0 < low <= high, got {ratio!r}")
-    _check_generator(generator)
+    validate.generator(generator)
     device = torch.device(device) if device is not None else (
         generator.device if generator is not None else torch.device("cpu"))
     B, T = batch_size, _CUTMIX_TRIES
@@ -612,17 +589,22 @@ def classmix_masks(labels: Tensor, num_classes: int, valid: Optional[Tensor] = N
     Returns:
         ``(B, h, w)`` int64 pixel plan: 1 where the pixel's class was drawn (it is pasted from
         the second view), else 0.
+
+    >>> labels = torch.tensor([[[0, 0, 3, 3]]])             # two classes present: one is drawn
+    >>> int(classmix_masks(labels, 4, generator=torch.Generator().manual_seed(0)).sum())
+    2
     """
-    _check_tensor("labels", labels, ndim=(3,))
+    validate.tensor("labels", labels, ndim=(3,))
+    validate.generator(generator)
     if labels.dtype != torch.int64:
-        raise TypeError(f"labels must be int64 class indices, got {labels.dtype} {_shape(labels)}")
+        raise TypeError(f"labels must be int64 class indices, got {labels.dtype} {validate.shape(labels)}")
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if valid is not None:
-        _check_tensor("valid", valid, ndim=(3,))
+        validate.tensor("valid", valid, ndim=(3,))
         if valid.dtype != torch.bool or valid.shape != labels.shape or valid.device != labels.device:
-            raise ValueError(f"valid must be a bool mask shaped like labels {_shape(labels)} on {labels.device}, "
-                             f"got {valid.dtype} {_shape(valid)} on {valid.device}")
+            raise ValueError(f"valid must be a bool mask shaped like labels {validate.shape(labels)} on {labels.device}, "
+                             f"got {valid.dtype} {validate.shape(valid)} on {valid.device}")
     B = labels.shape[0]
     flat = labels.flatten(1)
     keep = torch.ones_like(flat, dtype=torch.bool) if valid is None else valid.flatten(1)

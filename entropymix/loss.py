@@ -14,7 +14,8 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .functional import _as_mask, _check_tensor, _float32_math, _shape, resize_nearest
+from . import _validation as validate
+from .functional import _float32_math, resize_nearest
 
 __all__ = ["SPEEDLoss", "relation_distillation", "logit_distillation", "RELATION_METHODS"]
 
@@ -26,25 +27,18 @@ def _valid_mask(valid: Optional[Tensor], batch: int, size: Tuple[int, int], igno
     """Bool ``(B, h, w)`` mask at ``size`` from a bool mask or an integer label map at any resolution."""
     if valid is None:
         return torch.ones(batch, *size, dtype=torch.bool, device=device)
-    _check_tensor("valid", valid, ndim=(3,))
-    mask = _as_mask("valid", valid, ignore_index)
-    if valid.shape[0] != batch:
-        raise ValueError(f"valid has batch size {valid.shape[0]} but the inputs have {batch}: valid is {_shape(valid)}")
-    if valid.device != device:
-        raise ValueError(f"valid is on {valid.device} but the inputs are on {device}")
-    return resize_nearest(mask, size)
+    return resize_nearest(validate.mask("valid", valid, batch, device, ignore_index), size)
 
 
 def _check_pair(name: str, student: Tensor, teacher: Tensor, same_channels: bool) -> None:
-    _check_tensor(f"student_{name}", student, ndim=(4,), floating=True)
-    _check_tensor(f"teacher_{name}", teacher, ndim=(4,), floating=True)
+    validate.tensor(f"student_{name}", student, ndim=(4,), floating=True)
+    validate.tensor(f"teacher_{name}", teacher, ndim=(4,), floating=True)
     s, t = student.shape, teacher.shape
     if (s if same_channels else (s[0], *s[2:])) != (t if same_channels else (t[0], *t[2:])):
         want = "(B, K, h, w)" if same_channels else "(B, *, h, w)"
         raise ValueError(f"student_{name} and teacher_{name} must share {want}: "
-                         f"got {_shape(student)} and {_shape(teacher)}")
-    if student.device != teacher.device:
-        raise ValueError(f"student_{name} is on {student.device} but teacher_{name} is on {teacher.device}")
+                         f"got {validate.shape(student)} and {validate.shape(teacher)}")
+    validate.same_device(f"student_{name}", student, teacher.device, f"teacher_{name} is")
 
 
 def _wide(t: Tensor) -> Tensor:
@@ -64,7 +58,7 @@ def _check_finite(name: str, t: Tensor, mask: Tensor, allow_neg_inf: bool = Fals
         ok = torch.isfinite(t).all(1)
     if bool((~ok & mask).any()):
         what = "NaN, +inf or only -inf" if allow_neg_inf else "non-finite values"
-        raise ValueError(f"{name} contains {what} at valid pixels (shape {_shape(t)})")
+        raise ValueError(f"{name} contains {what} at valid pixels (shape {validate.shape(t)})")
 
 
 def logit_distillation(student_logits: Tensor, teacher_logits: Tensor, valid: Optional[Tensor] = None, *,
@@ -86,10 +80,13 @@ def logit_distillation(student_logits: Tensor, teacher_logits: Tensor, valid: Op
     Returns:
         Scalar loss, float32 (float64 for float64 inputs); 0, still connected to the graph, when no
         pixel is valid.
+
+    >>> t = torch.tensor([10.0, 0.0]).view(1, 2, 1, 1)       # a confident teacher pixel
+    >>> round(float(logit_distillation(torch.zeros(1, 2, 1, 1), t)), 4)
+    0.6921
     """
     _check_pair("logits", student_logits, teacher_logits, same_channels=True)
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    validate.positive("temperature", temperature)
     B, K, h, w = student_logits.shape
     mask = _valid_mask(valid, B, (h, w), ignore_index, student_logits.device)
     if check_values:
@@ -188,10 +185,14 @@ def relation_distillation(student_features: Tensor, teacher_features: Tensor, va
     Returns:
         Scalar loss, float32 (float64 for float64 inputs); 0, still connected to the graph, when no
         pixel is valid.
+
+    >>> fs, ft = torch.randn(2, 64, 16, 16), torch.randn(2, 32, 16, 16)   # D_s != D_t
+    >>> exact, naive = (relation_distillation(fs, ft, method=m) for m in ("gram", "naive"))
+    >>> torch.allclose(exact, naive, rtol=1e-4)
+    True
     """
     _check_pair("features", student_features, teacher_features, same_channels=False)
-    if method not in RELATION_METHODS:
-        raise ValueError(f"method must be one of {RELATION_METHODS}, got {method!r}")
+    validate.choice("method", method, RELATION_METHODS)
     B, d_s, h, w = student_features.shape
     d_t = teacher_features.shape[1]
     mask = _valid_mask(valid, B, (h, w), ignore_index, student_features.device)
@@ -238,30 +239,29 @@ class SPEEDLoss(nn.Module):
         - valid: bool ``(B, h'', w'')`` or an integer label map, any resolution.
         - output: scalar float32.
 
-    Example:
+    Example (the student distils from itself: zero when student and teacher agree):
         >>> crit = SPEEDLoss()
-        >>> mixed, plan = EntropyMix(4)([x_s, x_mix], probs=[p_w, p_w_mix])          # doctest: +SKIP
-        >>> logits_s, feats_s = model(mixed)                                          # doctest: +SKIP
-        >>> loss = crit(logits_s, plan.apply([logits_w, logits_w_mix]),               # doctest: +SKIP
-        ...             feats_s, plan.apply([feats_w, feats_w_mix]), valid=valid_mixed)
+        >>> logits, feats = torch.randn(2, 5, 8, 8), torch.randn(2, 16, 8, 8)
+        >>> float(crit(logits, logits, feats, feats))
+        0.0
+        >>> loss, terms = crit(torch.randn(2, 5, 8, 8), logits, torch.randn(2, 16, 8, 8), feats,
+        ...                    valid=torch.randint(0, 2, (2, 8, 8)) * 255, return_terms=True)
+        >>> sorted(terms), bool(loss > 0)
+        (['logit', 'relation'], True)
     """
 
     def __init__(self, feature_weight: float = 1.0, logit_weight: float = 1.0, temperature: float = 1.0,
                  entropy_weighting: bool = True, ignore_index: int = 255, relation_method: str = "auto",
                  check_values: bool = True) -> None:
         super().__init__()
-        for name, value in (("feature_weight", feature_weight), ("logit_weight", logit_weight)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if feature_weight == 0 and logit_weight == 0:
+        self.feature_weight = validate.non_negative("feature_weight", feature_weight)
+        self.logit_weight = validate.non_negative("logit_weight", logit_weight)
+        if self.feature_weight == 0 and self.logit_weight == 0:
             raise ValueError("feature_weight and logit_weight are both 0: the loss would be empty")
-        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-        if relation_method not in RELATION_METHODS:
-            raise ValueError(f"relation_method must be one of {RELATION_METHODS}, got {relation_method!r}")
-        self.feature_weight, self.logit_weight = float(feature_weight), float(logit_weight)
-        self.temperature, self.entropy_weighting = float(temperature), bool(entropy_weighting)
-        self.ignore_index, self.relation_method, self.check_values = ignore_index, relation_method, check_values
+        self.temperature = validate.positive("temperature", temperature)
+        self.relation_method = validate.choice("relation_method", relation_method, RELATION_METHODS)
+        self.entropy_weighting, self.ignore_index = bool(entropy_weighting), int(ignore_index)
+        self.check_values = bool(check_values)
 
     def extra_repr(self) -> str:
         return (f"feature_weight={self.feature_weight}, logit_weight={self.logit_weight}, "

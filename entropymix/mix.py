@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import InitVar, dataclass, field
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
+from . import _validation as validate
 from . import functional as F
-from .functional import Grid, _check_tensor, _pair, _shape
+from ._validation import Grid
 
 __all__ = ["MixPlan", "EntropyMix", "CutMix", "ClassMix"]
 
@@ -42,17 +43,17 @@ class MixPlan:
     _masks: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self, check: bool) -> None:
-        _check_tensor("index", self.index, ndim=(3,))
+        validate.tensor("index", self.index, ndim=(3,))
         if self.index.dtype != torch.int64:
-            raise TypeError(f"index must be int64, got {self.index.dtype} {_shape(self.index)}")
+            raise TypeError(f"index must be int64, got {self.index.dtype} {validate.shape(self.index)}")
         if isinstance(self.num_views, bool) or not isinstance(self.num_views, int) or self.num_views < 1:
             raise ValueError(f"num_views must be a positive int, got {self.num_views!r}")
-        object.__setattr__(self, "size", _pair("size", tuple(self.size)))
+        object.__setattr__(self, "size", validate.pair("size", tuple(self.size)))
         if check and self.index.numel() and self.index.device.type != "meta":
             lo, hi = int(self.index.min()), int(self.index.max())
             if lo < 0 or hi >= self.num_views:
                 raise ValueError(f"index values must lie in [0, {self.num_views}) for num_views={self.num_views}, "
-                                 f"got min {lo} and max {hi} in index {_shape(self.index)}")
+                                 f"got min {lo} and max {hi} in index {validate.shape(self.index)}")
 
     def __reduce__(self):
         # Rebuilt through the constructor: plain pickle and torch.load(weights_only=True) alike.
@@ -91,14 +92,14 @@ class MixPlan:
 
     def source_map(self, size: Optional[Tuple[int, int]] = None) -> Tensor:
         """``(B, h, w)`` int64 view index of every pixel at ``size`` (default: the image size)."""
-        return F.source_map(self.index, _pair("size", size if size is not None else self.size))
+        return F.source_map(self.index, validate.pair("size", size if size is not None else self.size))
 
     def fractions(self, size: Optional[Tuple[int, int]] = None) -> Tensor:
         """``(B, V)`` float32 share of pixels taken from each view at ``size`` (default: the image size).
 
         CutMix's lambda, generalised: ``fractions()[:, 1]`` is the pasted area of a CutMix plan.
         """
-        h, w = _pair("size", size if size is not None else self.size)
+        h, w = validate.pair("size", size if size is not None else self.size)
         gh, gw = self.grid
         dev = self.index.device
         # Pixels per cell = (rows in cell row) x (cols in cell column); no full-size map needed.
@@ -107,6 +108,22 @@ class MixPlan:
         weight = (rows[:, None] * cols[None, :]) / (h * w)
         onehot = nn.functional.one_hot(self.index, self.num_views).double()
         return (onehot * weight[None, :, :, None]).sum((1, 2)).float()
+
+    def summary(self) -> Dict[str, Tensor]:
+        """What the mixer did, in two figures (float32 tensors on the plan's device; no sync):
+
+        - ``"share"``: ``(V,)`` mean share of the pixels taken from each view;
+        - ``"whole"``: share of the samples taken whole from one view (not mixed at all). A
+          mixer degenerating into "no mix" shows here: for example when the teachers of the
+          views ran in different modes (train vs eval), so that their entropies are not
+          comparable and one view wins every cell.
+
+        >>> plan = MixPlan(torch.tensor([[[0, 1]], [[1, 1]]]), 2, (4, 4))
+        >>> plan.summary()
+        {'share': tensor([0.2500, 0.7500]), 'whole': tensor(0.5000)}
+        """
+        whole = (self.index == self.index[:, :1, :1]).flatten(1).all(1)
+        return {"share": self.fractions().mean(0), "whole": whole.float().mean()}
 
     def to(self, device: Union[str, torch.device], non_blocking: bool = False) -> "MixPlan":
         """The same plan with its index on ``device``."""
@@ -117,35 +134,70 @@ class MixPlan:
 torch.serialization.add_safe_globals([MixPlan])
 
 
-def _check_views(views: Sequence[Tensor], min_views: int = 2, exactly: Optional[str] = None) -> Tuple[int, int, int, int]:
-    """``(B, C, H, W)`` of V views sharing shape, dtype and device; ``exactly``: the name of a
-    two-view mixer, which takes 2 views and no more."""
-    if isinstance(views, Tensor) or not isinstance(views, (list, tuple)):
-        raise TypeError(f"views must be a list or tuple of (B, C, H, W) tensors, got {type(views).__name__}")
-    if exactly is not None and len(views) != 2:
-        raise ValueError(f"{exactly} mixes exactly 2 views, got {len(views)}")
-    if len(views) < min_views:
-        raise ValueError(f"views needs at least {min_views} tensors to mix, got {len(views)}")
-    first = _check_tensor("views[0]", views[0], ndim=(4,))
-    for v, x in enumerate(views):
-        _check_tensor(f"views[{v}]", x, ndim=(4,))
-        if x.shape != first.shape:
-            raise ValueError(f"views must share (B, C, H, W): views[0] is {_shape(first)}, views[{v}] is {_shape(x)}")
-        if x.dtype != first.dtype or x.device != first.device:
-            raise ValueError(f"views must share dtype and device: views[0] is {first.dtype} on {first.device}, "
-                             f"views[{v}] is {x.dtype} on {x.device}")
-    return tuple(first.shape)  # type: ignore[return-value]
 
 
-def _mix_flags(plan: Tensor, p: float, generator: Optional[torch.Generator]) -> Tensor:
-    """Keep view 0 everywhere in the samples that are not mixed (probability ``1 - p``)."""
+def _keep_unmixed(index: Tensor, p: float, generator: Optional[torch.Generator]) -> Tensor:
+    """View 0 everywhere in the samples that are not mixed (probability ``1 - p``)."""
     if p >= 1.0:
-        return plan
-    keep = F._uniform((plan.shape[0],), plan.device, generator) >= p
-    return plan.masked_fill(keep.view(-1, *([1] * (plan.dim() - 1))), 0)
+        return index
+    keep = F._uniform((index.shape[0],), index.device, generator) >= p
+    return index.masked_fill(keep.view(-1, *([1] * (index.dim() - 1))), 0)
 
 
-class EntropyMix(nn.Module):
+class _Mixer(nn.Module):
+    """The call every mixer shares, as torchvision's ``_BaseMixUpCutMix`` does for its two.
+
+    ``mixer(views, probs=None, *, logits=None, valid=None, generator=None) -> (mixed, plan)``:
+    the views are checked, the teacher's predictions picked (``probs=`` or ``logits=``, not
+    both), the subclass's :meth:`_index` makes the plan, samples are left unmixed with
+    probability ``1 - p``, and the plan mixes the views.
+    """
+
+    two_views = False        # CutMix and ClassMix take exactly 2 views
+    repr_fields: Tuple[str, ...] = ("p",)
+
+    def __init__(self, p: float, ignore_index: int = 255) -> None:
+        super().__init__()
+        self.p = validate.probability("p", p)
+        self.ignore_index = int(ignore_index)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{name}={getattr(self, name)!r}" for name in self.repr_fields)
+
+    def needs_predictions(self) -> Optional[str]:
+        """Who needs ``probs=`` / ``logits=`` (named in the error when neither is given), or None."""
+        return None
+
+    def forward(self, views: Sequence[Tensor], probs: Optional[Sequence[Tensor]] = None, *,
+                logits: Optional[Sequence[Tensor]] = None,
+                valid: Optional[Sequence[Optional[Tensor]]] = None,
+                generator: Optional[torch.Generator] = None) -> Tuple[Tensor, MixPlan]:
+        B, _, H, W = validate.views(views, exactly=type(self).__name__ if self.two_views else None)
+        validate.generator(generator)
+        maps, kind = validate.pick_maps(probs, logits, self.needs_predictions())
+        index = self._index(views, maps, kind, valid, generator)
+        plan = MixPlan(_keep_unmixed(index, self.p, generator), len(views), (H, W), False)
+        return plan.apply(views), plan
+
+    def _index(self, views: Sequence[Tensor], maps: Optional[Sequence[Tensor]], kind: str,
+               valid: Optional[Sequence[Optional[Tensor]]], generator: Optional[torch.Generator]) -> Tensor:
+        raise NotImplementedError
+
+    def _valid_masks(self, valid: Optional[Sequence[Optional[Tensor]]], maps: Sequence[Tensor], kind: str,
+                     only: Optional[int] = None) -> List[Optional[Tensor]]:
+        """Per view, the bool mask at the maps' resolution (None where no mask was given); ``only``:
+        just that view."""
+        V = len(maps)
+        if valid is None:
+            return [None] * V
+        validate.sequence("valid", valid, V, "bool masks or label maps (or None entries)")
+        return [None if m is None or (only is not None and v != only)
+                else F.resize_nearest(validate.mask(f"valid[{v}]", m, maps[v].shape[0], maps[v].device,
+                                                    self.ignore_index, others=f"{kind}[{v}] is"), maps[v].shape[-2:])
+                for v, m in enumerate(valid)]
+
+
+class EntropyMix(_Mixer):
     """Compose images from grid patches of several views, chosen by the teacher's entropy.
 
     From *Self Pseudo Entropy Knowledge Distillation for Semi-Supervised Semantic Segmentation*
@@ -159,14 +211,15 @@ class EntropyMix(nn.Module):
             (categorical over views with probabilities ``softmax(E / temperature)``) or
             ``"random"`` (uniform, a grid-CutMix baseline that needs no probabilities).
         p: probability that a sample is mixed at all; an unmixed sample is view 0 everywhere.
-        temperature: temperature of ``"sample"``.
+        temperature: temperature of ``"sample"``, a finite number > 0.
         check_values: check probabilities for non-finite values and the simplex (synchronises
             with the device; switch off in synchronisation-free GPU loops).
         ignore_index: the invalid label when ``valid`` holds integer label maps.
 
-    The per-pixel entropy runs through ``torch.compile`` by default (see
-    :func:`entropymix.functional.set_compile`); pass the teacher's probabilities at its output
-    stride, before upsampling, to make it cheaper still.
+    Entropies are comparable across views only when every view's prediction comes from the same
+    model in the same mode (all eval or all train). The entropy runs eagerly; pass the teacher's
+    predictions at its output stride, before upsampling, to make it cheaper (16x at stride 4),
+    or opt in to a compiled kernel with :func:`entropymix.functional.set_compile`.
 
     Shapes:
         - views: V >= 2 tensors ``(B, C, H, W)`` of one dtype and device.
@@ -177,94 +230,55 @@ class EntropyMix(nn.Module):
         - output: ``(B, C, H, W)`` mixed tensor and a :class:`MixPlan` with a ``(B, gh, gw)`` index.
 
     Example:
-        >>> mixer = EntropyMix(grid=(4, 4))
-        >>> mixed, plan = mixer([x_s1, x_s1_mix], probs=[p_w, p_w_mix])  # doctest: +SKIP
-        >>> y_mixed = plan.apply([y_w, y_w_mix])                          # doctest: +SKIP
+        >>> mixer = EntropyMix(grid=(2, 2))
+        >>> x, x_mix = torch.zeros(1, 3, 4, 4), torch.ones(1, 3, 4, 4)
+        >>> sure, unsure = torch.tensor([1.0, 0.0]), torch.tensor([0.5, 0.5])
+        >>> p_x = sure.view(1, 2, 1, 1).repeat(1, 1, 2, 2)      # teacher maps at half resolution
+        >>> p_mix = torch.stack([sure, unsure]).repeat(2, 1).T.reshape(1, 2, 2, 2)  # unsure on the right
+        >>> mixed, plan = mixer([x, x_mix], probs=[p_x, p_mix])
+        >>> plan.index                                         # the most uncertain view per cell
+        tensor([[[0, 1],
+                 [0, 1]]])
+        >>> plan.apply([torch.zeros(1, 4, 4, dtype=torch.long), torch.ones(1, 4, 4, dtype=torch.long)])
+        tensor([[[0, 0, 1, 1],
+                 [0, 0, 1, 1],
+                 [0, 0, 1, 1],
+                 [0, 0, 1, 1]]])
     """
+
+    repr_fields = ("grid", "select", "p", "temperature")
 
     def __init__(self, grid: Grid = (4, 4), select: str = "max", p: float = 1.0,
                  temperature: float = 1.0, check_values: bool = True, ignore_index: int = 255) -> None:
-        super().__init__()
-        self.grid = _pair("grid", grid)
-        if select not in F.SELECT_MODES:
-            raise ValueError(f"select must be one of {F.SELECT_MODES}, got {select!r}")
-        if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
-            raise ValueError(f"p must be in [0, 1], got {p!r}")
-        if not (isinstance(temperature, (int, float)) and temperature > 0):
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
-        self.select, self.p, self.temperature = select, float(p), float(temperature)
-        self.check_values, self.ignore_index = bool(check_values), int(ignore_index)
+        super().__init__(p, ignore_index)
+        self.grid = validate.pair("grid", grid)
+        self.select = validate.choice("select", select, F.SELECT_MODES)
+        self.temperature = validate.positive("temperature", temperature)
+        self.check_values = bool(check_values)
 
-    def extra_repr(self) -> str:
-        return f"grid={self.grid}, select={self.select!r}, p={self.p}, temperature={self.temperature}"
+    def needs_predictions(self) -> Optional[str]:
+        return None if self.select == "random" else f"select={self.select!r}"
 
-    def forward(self, views: Sequence[Tensor], probs: Optional[Sequence[Tensor]] = None, *,
-                logits: Optional[Sequence[Tensor]] = None,
-                valid: Optional[Sequence[Optional[Tensor]]] = None,
-                generator: Optional[torch.Generator] = None) -> Tuple[Tensor, MixPlan]:
-        B, _, H, W = _check_views(views)
-        F._check_generator(generator)
-        V = len(views)
+    def _index(self, views, maps, kind, valid, generator) -> Tensor:
+        V, (B, _, H, W), device = len(views), views[0].shape, views[0].device
         gh, gw = self.grid
         if gh > H or gw > W:
             raise ValueError(f"grid {self.grid} is larger than the images (H, W) = {(H, W)}")
-        if probs is not None and logits is not None:
-            raise ValueError("pass either probs= or logits=, not both")
         if self.select == "random":
-            cell_entropy = torch.zeros(V, B, gh, gw, device=views[0].device)
-            cell_valid = None
-        else:
-            maps, name = (probs, "probs") if probs is not None else (logits, "logits")
-            if maps is None:
-                raise ValueError(f"select={self.select!r} needs probs= or logits= for each of the {V} views")
-            cell_entropy, cell_valid = self._cell_entropy(maps, name, valid, B, V, views[0].device)
-        index = F.select_views(cell_entropy, self.select, self.temperature, generator, valid=cell_valid)
-        plan = MixPlan(_mix_flags(index, self.p, generator), V, (H, W), False)
-        return plan.apply(views), plan
-
-    def _cell_entropy(self, maps: Sequence[Tensor], name: str, valid: Optional[Sequence[Optional[Tensor]]],
-                      B: int, V: int, device: torch.device) -> Tuple[Tensor, Optional[Tensor]]:
-        if isinstance(maps, Tensor) or not isinstance(maps, (list, tuple)) or len(maps) != V:
-            got = f"a {type(maps).__name__}" if not isinstance(maps, (list, tuple)) else f"{len(maps)} tensors"
-            raise ValueError(f"{name} must be a list of {V} tensors (one per view), got {got}")
-        if valid is not None and (not isinstance(valid, (list, tuple)) or len(valid) != V):
-            raise ValueError(f"valid must be a list of {V} bool masks (or None entries), got {type(valid).__name__}"
-                             f"{'' if not isinstance(valid, (list, tuple)) else f' of length {len(valid)}'}")
-        first = _check_tensor(f"{name}[0]", maps[0], ndim=(4,), floating=True)
-        h, w = first.shape[-2:]
-        if first.device != device:
-            raise ValueError(f"{name}[0] is on {first.device} but views are on {device}")
-        if first.shape[0] != B:
-            raise ValueError(f"{name}[0] has batch size {first.shape[0]} but views have {B}: {name}[0] is {_shape(first)}")
-        if self.grid[0] > h or self.grid[1] > w:
-            raise ValueError(f"grid {self.grid} is larger than {name} maps (h, w) = {(h, w)}")
-        checked, masks = [], []
-        for v in range(V):
-            m = _check_tensor(f"{name}[{v}]", maps[v], ndim=(4,), floating=True)
-            if m.shape != first.shape or m.device != first.device:
-                raise ValueError(f"{name} must share one shape and device: {name}[0] is {_shape(first)} on "
-                                 f"{first.device}, {name}[{v}] is {_shape(m)} on {m.device}")
-            mask = None if valid is None else valid[v]
-            if mask is not None:
-                _check_tensor(f"valid[{v}]", mask, ndim=(3,))
-                mask = F._as_mask(f"valid[{v}]", mask, self.ignore_index)
-                if mask.shape[0] != B:
-                    raise ValueError(f"valid[{v}] must be a (B, h, w) mask or label map with B = {B}, "
-                                     f"got {_shape(mask)}")
-                if mask.device != m.device:
-                    raise ValueError(f"valid[{v}] is on {mask.device} but {name}[{v}] is on {m.device}")
-                mask = F.resize_nearest(mask, (h, w))
-            checked.append(m)
-            masks.append(mask)
+            return F.select_views(torch.zeros(V, B, gh, gw, device=device), "random", generator=generator)
+        maps = validate.maps(kind, maps, V, B, device)
+        h, w = maps[0].shape[-2:]
+        if gh > h or gw > w:
+            raise ValueError(f"grid {self.grid} is larger than {kind} maps (h, w) = {(h, w)}")
+        masks = self._valid_masks(valid, maps, kind)
         # One read of each map (entropy and value checks together), one synchronisation for all views.
-        ents = F._entropies(name, [f"{name}[{v}]" for v in range(V)], checked, masks, self.check_values)
-        cells, nonempty = zip(*(F.patch_entropy(ent, self.grid, mask, return_valid=True)
-                                for ent, mask in zip(ents, masks)))
-        has_valid = any(m is not None for m in masks)
-        return torch.stack(cells), (torch.stack(nonempty) if has_valid else None)
+        ents = F._entropies(kind, [f"{kind}[{v}]" for v in range(V)], maps, masks, self.check_values)
+        cells, nonempty = zip(*(F.patch_entropy(e, self.grid, m, return_valid=True) for e, m in zip(ents, masks)))
+        cell_valid = torch.stack(nonempty) if any(m is not None for m in masks) else None
+        return F.select_views(torch.stack(cells), self.select, self.temperature, generator, valid=cell_valid)
 
 
-class CutMix(nn.Module):
+class CutMix(_Mixer):
     """UniMatch's CutMix (one random box per sample) with the :class:`EntropyMix` interface.
 
     Args:
@@ -275,31 +289,43 @@ class CutMix(nn.Module):
     ``mixer([x, x_mix], probs=..., generator=g)`` returns ``(mixed, plan)``; ``mixed`` is ``x``
     with the box pasted from ``x_mix``, and ``plan`` is a pixel plan (``(B, H, W)`` index) that
     replays the box on labels, confidences and features at any resolution. ``probs``,
-    ``logits`` and ``valid`` are accepted and ignored, so the two mixers are interchangeable.
+    ``logits`` and ``valid`` are accepted and ignored, so the mixers are interchangeable.
     All boxes are drawn at once on the generator's (or the images') device.
+
+    Example:
+        >>> mixed, plan = CutMix(p=1.0)([torch.zeros(2, 3, 32, 32), torch.ones(2, 3, 32, 32)],
+        ...                             generator=torch.Generator().manual_seed(0))
+        >>> torch.equal(mixed[:, 0], plan.source_map().float())   # the box is where view 1 shows
+        True
     """
+
+    two_views = True
+    repr_fields = ("p", "size_min", "size_max", "ratio")
 
     def __init__(self, p: float = 0.5, size_min: float = 0.02, size_max: float = 0.4,
                  ratio: Tuple[float, float] = (0.3, 1 / 0.3)) -> None:
-        super().__init__()
-        F.cutmix_boxes(0, (1, 1), p, size_min, size_max, ratio)  # validate the arguments once
-        self.p, self.size_min, self.size_max, self.ratio = float(p), float(size_min), float(size_max), tuple(ratio)
+        super().__init__(p)
+        F.cutmix_boxes(0, (1, 1), p, size_min, size_max, ratio)  # validate the box arguments once
+        self.size_min, self.size_max, self.ratio = float(size_min), float(size_max), tuple(ratio)
 
-    def extra_repr(self) -> str:
-        return f"p={self.p}, size_min={self.size_min}, size_max={self.size_max}, ratio={self.ratio}"
+    def _index(self, views, maps, kind, valid, generator) -> Tensor:
+        B, _, H, W = views[0].shape
+        # p is applied here, with UniMatch's statistics, so the base class keeps every box.
+        return F.cutmix_boxes(B, (H, W), self.p, self.size_min, self.size_max, self.ratio,
+                              generator=generator, device=views[0].device)
 
     def forward(self, views: Sequence[Tensor], probs: Optional[Sequence[Tensor]] = None, *,
                 logits: Optional[Sequence[Tensor]] = None,
                 valid: Optional[Sequence[Optional[Tensor]]] = None,
                 generator: Optional[torch.Generator] = None) -> Tuple[Tensor, MixPlan]:
-        B, _, H, W = _check_views(views, exactly="CutMix")
-        index = F.cutmix_boxes(B, (H, W), self.p, self.size_min, self.size_max, self.ratio,
-                               generator=generator, device=views[0].device)
-        plan = MixPlan(index, 2, (H, W), False)
+        # probs / logits / valid are ignored: CutMix accepts whatever an EntropyMix call passes.
+        B, _, H, W = validate.views(views, exactly="CutMix")
+        validate.generator(generator)
+        plan = MixPlan(self._index(views, None, "probs", None, generator), 2, (H, W), False)
         return plan.apply(views), plan
 
 
-class ClassMix(nn.Module):
+class ClassMix(_Mixer):
     """ClassMix / DACS with the :class:`EntropyMix` interface: paste half of the predicted classes.
 
     From *ClassMix: Segmentation-Based Data Augmentation for Semi-Supervised Learning* (Olsson et
@@ -320,41 +346,26 @@ class ClassMix(nn.Module):
     Shapes:
         - views: 2 tensors ``(B, C, H, W)``; probs / logits: 2 tensors ``(B, K, h, w)``.
         - output: ``(B, C, H, W)`` and a :class:`MixPlan` with a ``(B, h, w)`` index.
+
+    Example:
+        >>> logits_mix = torch.tensor([[0.0, 9.0], [9.0, 0.0]]).T.reshape(1, 2, 1, 2)  # classes 1, 0
+        >>> mixed, plan = ClassMix()([torch.zeros(1, 1, 1, 2), torch.ones(1, 1, 1, 2)],
+        ...                          logits=[None, logits_mix], generator=torch.Generator().manual_seed(0))
+        >>> int(plan.index.sum())                             # one of the two classes is pasted
+        1
     """
 
+    two_views = True
+
     def __init__(self, p: float = 1.0, ignore_index: int = 255) -> None:
-        super().__init__()
-        if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
-            raise ValueError(f"p must be in [0, 1], got {p!r}")
-        self.p, self.ignore_index = float(p), int(ignore_index)
+        super().__init__(p, ignore_index)
 
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
+    def needs_predictions(self) -> Optional[str]:
+        return "ClassMix"
 
-    def forward(self, views: Sequence[Tensor], probs: Optional[Sequence[Tensor]] = None, *,
-                logits: Optional[Sequence[Tensor]] = None,
-                valid: Optional[Sequence[Optional[Tensor]]] = None,
-                generator: Optional[torch.Generator] = None) -> Tuple[Tensor, MixPlan]:
-        B, _, H, W = _check_views(views, exactly="ClassMix")
-        if (probs is None) == (logits is None):
-            raise ValueError("ClassMix needs the teacher's predictions: pass exactly one of probs= or logits=")
-        maps, name = (probs, "probs") if probs is not None else (logits, "logits")
-        if isinstance(maps, Tensor) or not isinstance(maps, (list, tuple)) or len(maps) != 2:
-            raise ValueError(f"{name} must be a list of 2 tensors (one per view), got {type(maps).__name__}")
-        pred = _check_tensor(f"{name}[1]", maps[1], ndim=(4,), floating=True)
-        if pred.shape[0] != B or pred.device != views[0].device:
-            raise ValueError(f"{name}[1] must be (B, K, h, w) with B = {B} on {views[0].device}, "
-                             f"got {_shape(pred)} on {pred.device}")
-        mask = None
-        if valid is not None:
-            if not isinstance(valid, (list, tuple)) or len(valid) != 2:
-                raise ValueError(f"valid must be a list of 2 masks (or None entries), got {type(valid).__name__}")
-            if valid[1] is not None:
-                mask = F._as_mask("valid[1]", _check_tensor("valid[1]", valid[1], ndim=(3,)), self.ignore_index)
-                if mask.shape[0] != B or mask.device != pred.device:
-                    raise ValueError(f"valid[1] must be (B, h, w) with B = {B} on {pred.device}, "
-                                     f"got {_shape(mask)} on {mask.device}")
-                mask = F.resize_nearest(mask, tuple(pred.shape[-2:]))
-        index = F.classmix_masks(pred.argmax(1), pred.shape[1], mask, generator=generator)
-        plan = MixPlan(_mix_flags(index, self.p, generator), 2, (H, W), False)
-        return plan.apply(views), plan
+    def _index(self, views, maps, kind, valid, generator) -> Tensor:
+        B, device = views[0].shape[0], views[0].device
+        maps = validate.sequence(kind, maps, 2)
+        pred = validate.prediction(f"{kind}[1]", maps[1], B, device)
+        mask = self._valid_masks(valid, [pred, pred], kind, only=1)[1]
+        return F.classmix_masks(pred.argmax(1), pred.shape[1], mask, generator=generator)

@@ -10,6 +10,12 @@ from entropymix import EntropyMix
 from entropymix import functional as F
 from strategies import random_probs
 
+# Torch with size-oblivious backed symbols (2.6+) compiles one graph for every shape. Older torch
+# (the 2.4 floor) has dynamic=True alone, which specialises a batch of 1 and equal sizes: up to
+# two more graphs, as documented in functional.set_compile.
+from torch.fx.experimental import _config as fx_config  # noqa: E402
+EXTRA_GRAPHS = 0 if hasattr(fx_config, "backed_size_oblivious") and hasattr(fx_config, "use_duck_shape") else 2
+
 
 def test_compiled_entropy_matches_eager_and_gives_the_same_plan():
     g = torch.Generator().manual_seed(0)
@@ -80,12 +86,11 @@ def _fresh_compile_state():
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     F._COMPILED.clear()
-    F._ANNOUNCED.clear()
 
 
 def test_one_compilation_serves_every_crop_and_batch_size(capfd):
     """Crops 257^2, 321^2, 385 x 417 (not square: no duck sizing) and batches 1 and 5 (no 0/1
-    specialisation): one graph per kernel, and one notice on stderr."""
+    specialisation): one graph per kernel, and nothing printed (library messages are warnings)."""
     _fresh_compile_state()
     g = torch.Generator().manual_seed(0)
     shapes = [(8, 21, 257, 257), (8, 21, 321, 321), (8, 21, 385, 417), (1, 21, 321, 321), (5, 19, 100, 60)]
@@ -97,9 +102,8 @@ def test_one_compilation_serves_every_crop_and_batch_size(capfd):
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     finally:
         F.set_compile(False)
-    assert graphs == 1, dict(torch._dynamo.utils.counters["stats"])
-    err = capfd.readouterr().err
-    assert err.count("entropymix: compiling the fused entropy kernel for probs (cpu, float32)") == 1
+    assert graphs <= 1 + EXTRA_GRAPHS, dict(torch._dynamo.utils.counters["stats"])
+    assert "entropymix" not in capfd.readouterr().err
 
 
 def test_warmup_compiles_ahead_and_the_fused_path_matches_eager():
@@ -138,6 +142,6 @@ def test_warmup_compiles_ahead_and_the_fused_path_matches_eager():
             EntropyMix(grid)(views, probs=[probs[0], bad, probs[2]],  # ignored there: accepted
                              valid=[None, torch.ones(B, h, w, dtype=torch.bool).index_fill(1, torch.tensor([0]), False),
                                     None])
-        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == before
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= before + EXTRA_GRAPHS
     finally:
         F.set_compile(False)
