@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from model import DeepLabV3Plus  # noqa: E402
-from train import strong_augmentation, training_loss  # noqa: E402
+from unimatch_loop import strong_augmentation, training_loss  # noqa: E402
 
 from entropymix import CutMix, EntropyMix, SPEEDLoss  # noqa: E402
 
@@ -48,7 +48,7 @@ def bench_step(device: torch.device, quick: bool, repeat: int) -> List[Dict]:
         steps = {}
         for name, (mixers, speed) in variants.items():
             def step(mixers=mixers, speed=speed, gen=torch.Generator().manual_seed(0)):
-                loss, _ = training_loss(model, batch, args, mixers, speed, strong, gen)
+                loss, _, _ = training_loss(model, batch, args, mixers, speed, strong, gen)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

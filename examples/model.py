@@ -7,7 +7,7 @@ decoder on dropped-out backbone features. Trained from scratch: nothing is downl
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -45,9 +45,17 @@ class ASPP(nn.Module):
         return self.project(torch.cat([b(x) for b in self.branches] + [pooled], 1))
 
 
+class SegOutput(NamedTuple):
+    """What :class:`DeepLabV3Plus` returns: logits ``(B, K, H, W)``, decoder features
+    ``(B, D, H/4, W/4)`` and, with ``need_fp=True``, the feature-perturbed logits."""
+
+    logits: Tensor
+    features: Tensor
+    logits_fp: Optional[Tensor] = None
+
+
 class DeepLabV3Plus(nn.Module):
-    """``model(x) -> (logits (B, K, H, W), features (B, D, H/4, W/4))``;
-    ``model(x, need_fp=True) -> (logits, features, logits_fp)``."""
+    """``model(x) -> SegOutput(logits, features)``; ``model(x, need_fp=True)`` adds ``logits_fp``."""
 
     MEAN = (0.485, 0.456, 0.406)
     STD = (0.229, 0.224, 0.225)
@@ -80,6 +88,6 @@ class DeepLabV3Plus(nn.Module):
                                          torch.cat([c4, nn.functional.dropout2d(c4, 0.5, self.training)]))
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
             (logits, logits_fp), (feats, _) = logits.chunk(2), feats.chunk(2)
-            return logits, feats, logits_fp
+            return SegOutput(logits, feats, logits_fp)
         logits, feats = self._decode(c1, c4)
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False), feats
+        return SegOutput(F.interpolate(logits, size=size, mode="bilinear", align_corners=False), feats)

@@ -14,7 +14,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
 import data  # noqa: E402
-import train  # noqa: E402
+import unimatch_loop as train  # noqa: E402  (the loop behind examples/train.py)
 
 TINY = ["--num-labeled", "4", "--num-unlabeled", "16", "--num-val", "10", "--crop-size", "32", "--batch-size", "4",
         "--width", "8", "--iters-per-epoch", "2", "--no-progress"]
@@ -41,6 +41,12 @@ def test_every_method_and_mixer_runs(tmp_path, method, mix, speed, extra):
     for name in ("results.json", "latest.pth", "miou.png", "predictions.png"):
         assert (out / name).is_file()
     assert json.loads((out / "results.json").read_text())["final_miou"] == record["miou"]
+    if method != "supervised":  # what each stream's mixer did, per epoch, and a figure of it
+        views = 3 if "--views" in extra else 2
+        assert len(record["mixing"]) == (2 if method == "unimatch" else 1) and (out / "mixing.png").is_file()
+        for stream in record["mixing"]:
+            assert len(stream["view_share"]) == views and abs(sum(stream["view_share"]) - 1) < 1e-5
+            assert 0 <= stream["whole_sample_share"] <= 1
 
 
 def test_resume_continues_exactly_where_it_stopped(tmp_path, capsys):
@@ -142,7 +148,7 @@ def test_amp_training_step_is_finite_and_decreasing():
     for _ in range(6):
         torch.manual_seed(1)  # the same strong views every step: only the weights change
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss, _ = train.training_loss(model, batch, args, train.build_mixers(args), train.SPEEDLoss(),
+            loss, _, _ = train.training_loss(model, batch, args, train.build_mixers(args), train.SPEEDLoss(),
                                           train.strong_augmentation(32), g)
         opt.zero_grad()
         loss.backward()
