@@ -12,96 +12,39 @@ Prints markdown tables and writes JSON to ``benchmarks/results/``.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
-import platform
-import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import MEASURE, fmt, machine, markdown_table, measure, memory_pass, sync, time_ms  # noqa: E402
+
 from entropymix import CutMix, EntropyMix, MixPlan, relation_distillation  # noqa: E402
 from entropymix import functional as F  # noqa: E402
 
+# Row labels of the mixing table (the JSON's "method" field).
+CUTMIX_ALL = "UniMatch CutMix, boolean index (p=1.0)"
+CUTMIX_HALF = "UniMatch CutMix, boolean index (p=0.5)"
+KORNIA = "kornia RandomCutMixV2 (images only)"
+OURS_CUTMIX = "entropymix.CutMix (4 tensors, p=0.5)"
+CLONE = "memory floor: clone x4"
+READ = "read floor: probabilities read once (sum over K)"
+WHERE = "memory floor: torch.where x4 (same masks)"
+APPLY = "MixPlan.apply (4 tensors)"
+DEFAULT = "EntropyMix() as constructed: checks on, eager (default)"
+UNCHECKED = "EntropyMix(check_values=False), eager"
+COMPILED = "EntropyMix() checks on, compiled (opt-in)"
+COMPILED_UNCHECKED = "EntropyMix(check_values=False), compiled (opt-in)"
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-# --- measurement -------------------------------------------------------------------------------
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-MEASURE = {"memory": False}
-
-
-def _memory_pass(argv) -> Optional[dict]:
-    """Peak memory comes from a child process whose allocator returns large buffers to the OS on
-    free (so peak RSS is peak memory); timings stay in this process, with the default allocator."""
-    import subprocess
-    import tempfile
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "mem.json"
-        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
-        cmd = [sys.executable, __file__, *argv, "--memory-only", "--out", str(out)]
-        if subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL).returncode != 0:
-            return None
-        return json.loads(out.read_text())
-
-
-def measure(fn: Callable[[], object], device: torch.device, repeat: int, warmup: int = 2) -> Dict:
-    if MEASURE["memory"]:
-        fn()  # warm-up: lazy initialisation and compilation are not the function's memory
-        return {"ms": None, "peak_mb": peak_mb(fn, device)}
-    return {"ms": time_ms(fn, device, repeat, warmup), "peak_mb": None}
-
-
-def time_ms(fn: Callable[[], object], device: torch.device, repeat: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
-
-
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1])
-    return -1
-
-
-def peak_mb(fn: Callable[[], object], device: torch.device) -> Optional[float]:
-    """Peak extra memory of one call, in MiB (None where it cannot be read)."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
-    except OSError:
-        return None
-    base = _rss_kb("VmRSS:")
-    fn()
-    return max(0, _rss_kb("VmHWM:") - base) / 1024
 
 
 # --- the mixing step ---------------------------------------------------------------------------
@@ -116,7 +59,7 @@ def unimatch_cutmix(box, x, x_mix, y, y_mix, c, c_mix, ig, ig_mix):
     return x, y, c, ig
 
 
-def bench_mix(device, B, H, K, V, dtype, repeat, grid=(4, 4)) -> List[Dict]:
+def bench_mix(device, B, H, K, V, dtype, repeat, grid=(4, 4), compiled=True) -> List[Dict]:
     g = torch.Generator(device="cpu").manual_seed(0)
 
     def rand(*shape, **kw):
@@ -140,34 +83,41 @@ def bench_mix(device, B, H, K, V, dtype, repeat, grid=(4, 4)) -> List[Dict]:
             boxes = [F.cutmix_boxes(B, (H, H), p, generator=torch.Generator().manual_seed(i)).to(device)
                      for i in range(8)]
             it = iter(boxes * 1000)
-            add(f"UniMatch CutMix, boolean index (p={p})",
+            add(CUTMIX_ALL if p == 1.0 else CUTMIX_HALF,
                 lambda: unimatch_cutmix(next(it), x0, xs[1], ys[0], ys[1], cs[0], cs[1], igs[0], igs[1]),
                 "baseline: the same mixing work as EntropyMix" if p == 1.0 else "UniMatch's default p")
         from kornia.augmentation import RandomCutMixV2
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             kcut = RandomCutMixV2(p=1.0, use_correct_lambda=True).to(device)
-        add("kornia RandomCutMixV2 (images only)", lambda: kcut(xs[0]))
+        add(KORNIA, lambda: kcut(xs[0]))
         cut = CutMix()
         gen = torch.Generator().manual_seed(2)
 
         def ours_cutmix():
             _, plan = cut(xs[:2], generator=gen)
             return [plan.apply(q[:2]) for q in quads[1:]]
-        add("entropymix.CutMix (4 tensors, p=0.5)", ours_cutmix)
-    add("memory floor: clone x4", lambda: [q[0].clone() for q in quads])
+        add(OURS_CUTMIX, ours_cutmix)
+    add(CLONE, lambda: [q[0].clone() for q in quads])
     # What any exact entropy must pay: every probability map read once (a sum over classes, no log).
-    add("read floor: probabilities read once (sum over K)", lambda: [q.sum(1) for q in probs])
-    mixer = EntropyMix(grid, check_values=False)
-    _, plan = mixer(xs, probs=probs)
-    masks = F._view_masks(plan.index, V, (H, H))
-    add("memory floor: torch.where x4 (same masks)", lambda: [F._mix(masks, q) for q in quads],
-        "" if V == 2 else "baseline for V > 2")
+    add(READ, lambda: [q.sum(1) for q in probs])
+    _, plan = EntropyMix(grid, check_values=False)(xs, probs=probs)
+    masks = [plan.source_map((H, H)) == v for v in range(1, V)]
+
+    def where4():
+        out = []
+        for q in quads:
+            mixed = q[0]
+            for mask, t in zip(masks, q[1:]):
+                mixed = torch.where(mask[:, None] if t.dim() == 4 else mask, t, mixed)
+            out.append(mixed)
+        return out
+    add(WHERE, where4, "" if V == 2 else "baseline for V > 2")
 
     def apply4():
         fresh = MixPlan(plan.index, V, plan.size)  # a new plan each time: its masks are built, not cached
         return [fresh.apply(q) for q in quads]
-    add("MixPlan.apply (4 tensors)", apply4)
+    add(APPLY, apply4)
 
     def full_call(m):
         def full():
@@ -175,14 +125,15 @@ def bench_mix(device, B, H, K, V, dtype, repeat, grid=(4, 4)) -> List[Dict]:
             return [p.apply(q) for q in quads[1:]]
         return full
     default, unchecked = full_call(EntropyMix(grid)), full_call(EntropyMix(grid, check_values=False))
-    compiled = F._COMPILE["enabled"]
+    add(DEFAULT, default, "headline")
+    add(UNCHECKED, unchecked)
     if compiled:
-        add("EntropyMix() as constructed: checks on, compiled (default)", default, "headline")
-        add("EntropyMix(check_values=False), compiled", unchecked)
-    F.set_compile(False)
-    add("EntropyMix() checks on, eager entropy", default)
-    add("EntropyMix(check_values=False), eager entropy", unchecked)
-    F.set_compile(compiled)
+        previous = F.set_compile(True)
+        try:
+            add(COMPILED, default)
+            add(COMPILED_UNCHECKED, unchecked)
+        finally:
+            F.set_compile(previous)
     # Ratio to UniMatch's CutMix where it applies (V = 2), else to the torch.where floor.
     base = next(r for r in rows if r["note"].startswith("baseline") or r["method"].startswith("memory floor: torch"))
     for r in rows:
@@ -215,75 +166,71 @@ def bench_relation(device, B, D, side, repeat, mem_budget_gb) -> List[Dict]:
     return rows
 
 
-# --- compilation: the cold first call and recompilations over shapes ----------------------------
+# --- the first call of a new process, and compilation over shapes ------------------------------
 
-def bench_compile(device, quick: bool) -> List[Dict]:
-    """The first call after a fresh start (compilation included) next to the steady state, and
-    the graphs compiled over a sweep of crops and batch sizes (the goal: one)."""
+FIRST_CALL = (
+    "import sys, time, torch; from entropymix import EntropyMix; from entropymix.functional import set_compile; "
+    "set_compile(sys.argv[1] == 'compiled'); B, H, K = map(int, sys.argv[2:5]); g = torch.Generator().manual_seed(0); "
+    "v = [torch.rand(B, 3, H, H, generator=g) for _ in range(2)]; "
+    "p = [(torch.randn(B, K, H, H, generator=g) * 3).softmax(1) for _ in range(2)]; m = EntropyMix(4); "
+    "t = time.perf_counter(); m(v, probs=p); first = time.perf_counter() - t; steady = []\n"
+    "for _ in range(5):\n t = time.perf_counter(); m(v, probs=p); steady.append(time.perf_counter() - t)\n"
+    "print(first * 1e3, sorted(steady)[2] * 1e3)")
+
+
+def first_call(mode: str, B: int, H: int, K: int, compiler: bool) -> Dict:
+    """The first ``EntropyMix()`` call of a new process with an empty inductor cache, beside the
+    same process's steady state; ``compiler=False`` runs it with no C++ compiler on ``PATH``."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {k: v for k, v in os.environ.items() if k not in ("CC", "CXX", "ENTROPYMIX_COMPILE")}
+        env.update(TORCHINDUCTOR_CACHE_DIR=cache, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+        if not compiler:
+            env["PATH"] = cache  # an empty directory: no cc, c++ or g++
+        out = subprocess.run([sys.executable, "-c", FIRST_CALL, mode, str(B), str(H), str(K)], env=env,
+                             capture_output=True, text=True)
+    first, steady = (float(x) for x in out.stdout.split()[-2:])
+    what = (f"first {'default (eager)' if mode == 'eager' else 'compiled (opt-in)'} EntropyMix() call of a new process, "
+            f"empty inductor cache, {'a' if compiler else 'no'} C++ compiler on PATH, B={B}, {H}x{H}, K={K}")
+    return {"device": "cpu", "what": what, "mode": mode, "compiler": compiler, "ms": first, "steady_ms": steady,
+            "extra_s": (first - steady) / 1e3}
+
+
+def bench_compile(device, quick: bool, compiled: bool = True) -> List[Dict]:
+    """First calls (default and opt-in compiled, with and without a compiler) and the graphs the
+    opt-in kernel compiles over a sweep of crops and batch sizes (the goal: one)."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
-    F.set_compile(True)
-    torch._dynamo.reset()
-    counters.clear()
-    F._COMPILED.clear()
-    F._ANNOUNCED.clear()
-    g = torch.Generator().manual_seed(0)
     B, H, K = (2, 65, 21) if quick else (8, 321, 21)
-    views = [torch.rand(B, 3, H, H, generator=g).to(device) for _ in range(2)]
-    probs = [(torch.randn(B, K, H, H, generator=g) * 3).softmax(1).to(device) for _ in range(2)]
-    mixer = EntropyMix(4)
-    _sync(device)
-    t0 = time.perf_counter()
-    mixer(views, probs=probs)
-    _sync(device)
-    first = (time.perf_counter() - t0) * 1e3
-    steady = time_ms(lambda: mixer(views, probs=probs), device, 5, warmup=1)
-    rows = [{"device": device.type, "what": f"first EntropyMix call, B={B}, {H}x{H}, K={K}, inductor's disk cache warm",
-             "ms": first, "steady_ms": steady, "extra_s": (first - steady) / 1e3}]
+    rows = []
     if device.type == "cpu":
-        rows.append({"device": device.type, **_cold_start(B, H, K, steady)})
-    sweep = [(8, 257, 257), (8, 321, 321), (8, 385, 417), (1, 321, 321), (5, 321, 321)]
-    if quick:
-        sweep = [(b, h // 4, w // 4) for b, h, w in sweep]
-    for b, h, w in sweep:
-        v = [torch.rand(b, 3, h, w, generator=g).to(device) for _ in range(2)]
-        p = [torch.rand(b, K, h, w, generator=g).softmax(1).to(device) for _ in range(2)]
-        mixer(v, probs=p)
-    rows.append({"device": device.type, "what": "graphs compiled over crops 257^2, 321^2, 385x417 and batches 1, 5, 8"
-                 + (" (quarter size)" if quick else ""), "graphs": counters["stats"]["unique_graphs"]})
+        rows += [first_call("eager", B, H, K, True), first_call("eager", B, H, K, False)]
+        if compiled and not quick:
+            rows += [first_call("compiled", B, H, K, True), first_call("compiled", B, H, K, False)]
+    if not compiled:
+        return rows
+    previous = F.set_compile(True)
+    try:
+        torch._dynamo.reset()
+        counters.clear()
+        g = torch.Generator().manual_seed(0)
+        mixer = EntropyMix(4)
+        sweep = [(8, 257, 257), (8, 321, 321), (8, 385, 417), (1, 321, 321), (5, 321, 321)]
+        if quick:
+            sweep = [(b, h // 4, w // 4) for b, h, w in sweep]
+        for b, h, w in sweep:
+            v = [torch.rand(b, 3, h, w, generator=g).to(device) for _ in range(2)]
+            p = [torch.rand(b, K, h, w, generator=g).softmax(1).to(device) for _ in range(2)]
+            mixer(v, probs=p)
+        rows.append({"device": device.type, "what": "graphs the opt-in kernel compiled over crops 257^2, 321^2, 385x417 "
+                     "and batches 1, 5, 8" + (" (quarter size)" if quick else ""),
+                     "graphs": counters["stats"]["unique_graphs"]})
+    finally:
+        F.set_compile(previous)
     return rows
 
 
-def _cold_start(B: int, H: int, K: int, steady: float) -> Dict:
-    """The first call of a fresh process with an empty inductor cache: what a first run pays."""
-    import subprocess
-    import tempfile
-    code = (f"import time, torch; from entropymix import EntropyMix; g = torch.Generator().manual_seed(0); "
-            f"v = [torch.rand({B}, 3, {H}, {H}, generator=g) for _ in range(2)]; "
-            f"p = [(torch.randn({B}, {K}, {H}, {H}, generator=g) * 3).softmax(1) for _ in range(2)]; "
-            f"m = EntropyMix(4); t = time.perf_counter(); m(v, probs=p); print((time.perf_counter() - t) * 1e3)")
-    with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache, ENTROPYMIX_COMPILE="1")
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    first = float(out.stdout.strip().splitlines()[-1])
-    return {"what": f"first EntropyMix call of a new process, empty inductor cache, B={B}, {H}x{H}, K={K}",
-            "ms": first, "steady_ms": steady, "extra_s": (first - steady) / 1e3}
-
-
 # --- tables ------------------------------------------------------------------------------------
-
-def fmt(v, spec=".2f"):
-    return "-" if v is None else format(v, spec)
-
-
-def markdown_table(rows, columns) -> str:
-    """``columns``: ``(header, right_aligned, cell(row) -> str)`` triples."""
-    out = ["| " + " | ".join(h for h, _, _ in columns) + " |",
-           "|" + "|".join("---:" if right else "---" for _, right, _ in columns) + "|"]
-    out += ["| " + " | ".join(cell(r) for _, _, cell in columns) + " |" for r in rows]
-    return "\n".join(out)
-
 
 MIX_COLUMNS = [
     ("device", False, lambda r: r["device"]),
@@ -309,24 +256,20 @@ RELATION_COLUMNS = [
 ]
 
 
-# README labels for the headline table's rows (method names as saved in the JSON).
+# README labels for the headline table's rows.
 README_ROWS = [
-    ("UniMatch CutMix, boolean index (p=1.0)", "UniMatch CutMix, boolean index, every sample boxed"),
-    ("UniMatch CutMix, boolean index (p=0.5)", "UniMatch CutMix, boolean index, p=0.5 (its training default)"),
-    ("kornia RandomCutMixV2 (images only)", "kornia `RandomCutMixV2` (images only)"),
-    ("entropymix.CutMix (4 tensors, p=0.5)", "`entropymix.CutMix` (4 tensors, p=0.5)"),
-    ("memory floor: torch.where x4 (same masks)", "memory floor: `torch.where` x4 with the same masks"),
-    ("MixPlan.apply (4 tensors)", "`MixPlan.apply` (4 tensors)"),
-    ("read floor: probabilities read once (sum over K)", "read floor: both probability maps read once (a sum over K)"),
-    ("EntropyMix() as constructed: checks on, compiled (default)",
-     "**`EntropyMix()` as constructed (checks on, compiled): the default**"),
-    ("EntropyMix(check_values=False), compiled", "`EntropyMix(check_values=False)`, compiled"),
-    ("EntropyMix() checks on, eager entropy", "`EntropyMix()` checks on, eager entropy"),
-    ("EntropyMix(check_values=False), eager entropy", "`EntropyMix(check_values=False)`, eager entropy"),
+    (CUTMIX_ALL, "UniMatch CutMix, boolean index, every sample boxed"),
+    (CUTMIX_HALF, "UniMatch CutMix, boolean index, p=0.5 (its training default)"),
+    (KORNIA, "kornia `RandomCutMixV2` (images only)"),
+    (OURS_CUTMIX, "`entropymix.CutMix` (4 tensors, p=0.5)"),
+    (WHERE, "memory floor: `torch.where` x4 with the same masks"),
+    (APPLY, "`MixPlan.apply` (4 tensors)"),
+    (READ, "read floor: both probability maps read once (a sum over K)"),
+    (DEFAULT, "**`EntropyMix()` as constructed (checks on, eager): the default**"),
+    (UNCHECKED, "`EntropyMix(check_values=False)`, eager"),
+    (COMPILED, "`EntropyMix()` checks on, compiled kernel (opt-in: `set_compile(True)`)"),
+    (COMPILED_UNCHECKED, "`EntropyMix(check_values=False)`, compiled kernel (opt-in)"),
 ]
-DEFAULT = "EntropyMix() as constructed: checks on, compiled (default)"
-UNCHECKED = "EntropyMix(check_values=False), compiled"
-READ = "read floor: probabilities read once (sum over K)"
 
 
 def report(result: dict) -> str:
@@ -340,7 +283,7 @@ def report(result: dict) -> str:
     c2 = rows(4, city, 2)
     repeat = result.get("repeat", 15)
     load, end = result["load"], result["load_end"]
-    d, u = head[DEFAULT], head[UNCHECKED]
+    d, u, c = head[DEFAULT], head[UNCHECKED], head[COMPILED]
     lines = [
         f"Measured on the project's CI machine (2 cores of an AMD EPYC, torch's CPU kernels at "
         f"{result['machine'].get('cpu_capability', 'an unrecorded ISA')}, no GPU, torch "
@@ -361,27 +304,29 @@ def report(result: dict) -> str:
     logs = 2 * 8 * 21 * 321 * 321 / 1e6
     lines += [
         "",
-        f"On this CPU the full EntropyMix call is {d['ratio']:.2f}x UniMatch's CutMix step ({u['ratio']:.2f}x with the "
-        f"value checks off). Reading both probability maps once, a sum over classes and nothing else, takes "
-        f"{head[READ]['ms']:.1f} ms ({head[READ]['ratio']:.2f}x): no exact entropy costs less than that read. The rest "
-        f"is one `log` per probability (2 x 8 x 21 x 321 x 321 = {logs:.1f} M here) and the mixing, while CutMix only "
-        f"moves memory. The value checks, read in the same pass, add {100 * (d['ms'] / u['ms'] - 1):.0f}% to the call. "
+        f"On this CPU the default EntropyMix call (eager) is {d['ratio']:.2f}x UniMatch's CutMix step ({u['ratio']:.2f}x "
+        f"with the value checks off); the opt-in compiled kernel brings it to {c['ratio']:.2f}x. Reading both "
+        f"probability maps once, a sum over classes and nothing else, takes {head[READ]['ms']:.1f} ms "
+        f"({head[READ]['ratio']:.2f}x): no exact entropy costs less than that read. The rest is one `log` per "
+        f"probability (2 x 8 x 21 x 321 x 321 = {logs:.1f} M here) and the mixing, while CutMix only moves memory. "
         "Teacher probabilities at the model's output stride (1/4) are 16x fewer to read and log. With V=4 views the "
         f"default call takes {v4[DEFAULT]['ms']:.1f} ms ({v4[DEFAULT]['ratio']:.1f}x the `torch.where` floor of the four "
-        f"tensors; {v4[UNCHECKED]['ms']:.1f} ms with checks off), and reading the four probability maps once takes "
-        f"{v4[READ]['ms']:.1f} ms ({v4[READ]['ratio']:.1f}x that floor) before any entropy is computed. Cityscapes-like B=4 x {city} x {city}, K=19: CutMix step "
-        f"{c2['UniMatch CutMix, boolean index (p=1.0)']['ms']:.1f} ms, `MixPlan.apply` "
-        f"{c2['MixPlan.apply (4 tensors)']['ms']:.1f} ms, EntropyMix {c2[DEFAULT]['ms']:.1f} ms compiled / "
-        f"{c2['EntropyMix() checks on, eager entropy']['ms']:.1f} ms eager (checks on). bfloat16 inputs: EntropyMix "
+        f"tensors; {v4[COMPILED]['ms']:.1f} ms compiled). Cityscapes-like B=4 x {city} x {city}, K=19: CutMix step "
+        f"{c2[CUTMIX_ALL]['ms']:.1f} ms, `MixPlan.apply` {c2[APPLY]['ms']:.1f} ms, EntropyMix {c2[DEFAULT]['ms']:.1f} ms "
+        f"eager / {c2[COMPILED]['ms']:.1f} ms compiled (checks on). bfloat16 inputs: EntropyMix "
         f"{bf[DEFAULT]['ms']:.1f} ms ({bf[DEFAULT]['ratio']:.2f}x CutMix on the same bfloat16 tensors).",
     ]
-    comp = {("graphs" if "graphs" in r else "warm" if "warm" in r["what"] else "cold"): r for r in result["compile"]}
-    if comp:
-        lines += ["", f"Compilation: the fused kernel compiled {comp['graphs']['graphs']} graph(s) for crops 257², 321², "
-                  "385 x 417 and batch sizes 1, 5 and 8. A new process with an empty inductor cache pays "
-                  f"{comp['cold']['extra_s']:.1f} s on its first call (C++ compilation, once per machine, kept in "
-                  "inductor's cache; `warmup()` pays it before training); with the cache warm, a fresh start pays "
-                  f"{comp['warm']['extra_s']:.1f} s."]
+    first = {(r["mode"], r["compiler"]): r for r in result["compile"] if "mode" in r}
+    graphs = next((r["graphs"] for r in result["compile"] if "graphs" in r), None)
+    if first:
+        lines += ["", "First call of a new process with an empty inductor cache, B=8, 321 x 321, K=21, beside that "
+                  "process's steady state: the default (eager) call pays "
+                  f"+{first['eager', True]['extra_s']:.2f} s with a C++ compiler on `PATH` and "
+                  f"+{first['eager', False]['extra_s']:.2f} s without one; the opt-in compiled kernel pays "
+                  f"+{first['compiled', True]['extra_s']:.1f} s to compile (once per machine, kept in inductor's cache; "
+                  "`warmup()` pays it before training) and, with no compiler, "
+                  f"+{first['compiled', False]['extra_s']:.1f} s before it falls back to eager with one warning. "
+                  f"Compiled, it made {graphs} graph(s) for crops 257², 321², 385 x 417 and batch sizes 1, 5 and 8."]
     lines += ["", "SPEEDLoss relation term, forward + backward, B=8, D=256:", "",
               "| features | N | exact Gram form ms | naive N x N ms | speed-up | peak MiB Gram / naive |",
               "|---|---:|---:|---:|---:|---:|"]
@@ -392,16 +337,18 @@ def report(result: dict) -> str:
         speed = f"{g['speedup_vs_naive']:.1f}x" if g.get("speedup_vs_naive") else "-"
         lines.append(f"| {g['side']} x {g['side']} | {g['N']} | {g['ms']:.1f} | {naive} | {speed} | "
                      f"{fmt(g['peak_mb'], '.0f')} / {fmt(n['peak_mb'], '.0f')} |")
-    step = {(r["size"], r["variant"]): r for r in result["step"] if r["device"] == "cpu"}
-    big = [step[321, v] for v in ("UniMatch + CutMix", "UniMatch + EntropyMix", "UniMatch + EntropyMix + SPEEDLoss")]
-    small = [step[64, v]["ms"] for v in ("UniMatch + CutMix", "UniMatch + EntropyMix", "UniMatch + EntropyMix + SPEEDLoss")]
-    share = 1 - big[1]["ms"] / big[2]["ms"]
-    lines += ["", "One UniMatch iteration of the example model (forward, backward, optimizer; variants interleaved, "
-              f"medians of {max(3, repeat // 3)}): at B=8, 321 x 321, K=21 it takes {big[0]['ms'] / 1e3:.2f} s with CutMix, "
-              f"{big[1]['ms'] / 1e3:.2f} s with EntropyMix and {big[2]['ms'] / 1e3:.2f} s with EntropyMix + SPEEDLoss, so "
-              f"SPEEDLoss (distilling at the output stride) is {100 * share:.1f}% of the step in this run "
-              "(step times on this shared machine vary from run to run, so read it as an estimate). At B=8, 64 x 64 the "
-              f"three take {small[0]:.0f}, {small[1]:.0f} and {small[2]:.0f} ms."]
+    from step_overhead import MIX_COMPILED, MIX_CUTMIX, MIX_DEFAULT, SPEED, STEP
+    step = {r["what"]: r for r in result["step"] if r["device"] == "cpu"}
+    lines += ["", f"What users pay inside one UniMatch iteration of the example model (B=8, 321 x 321, K=21; forward, "
+              f"backward, optimizer; median of {max(3, repeat // 3)}): the step takes {step[STEP]['ms'] / 1e3:.2f} s with "
+              f"CutMix. Timed on that step's tensors, the two streams' EntropyMix calls with their plan replays take "
+              f"{step[MIX_DEFAULT]['ms']:.0f} ms, {100 * step[MIX_DEFAULT]['share']:.1f}% of the step, by default "
+              f"({step[MIX_COMPILED]['ms']:.0f} ms, {100 * step[MIX_COMPILED]['share']:.1f}%, compiled; CutMix's "
+              f"{step[MIX_CUTMIX]['ms']:.0f} ms, {100 * step[MIX_CUTMIX]['share']:.1f}%), and SPEEDLoss forward and "
+              f"backward for both streams at the output stride {step[SPEED]['ms']:.0f} ms, "
+              f"{100 * step[SPEED]['share']:.1f}%. The example also runs the teacher once more on the weak view in eval "
+              "mode when the mixer compares entropies (comparable teachers), a forward without gradients that is not "
+              "counted here."]
     return "\n".join(lines)
 
 
@@ -412,7 +359,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeat", type=int, default=None, help="timed runs per figure (default 15, quick 3)")
     ap.add_argument("--sections", default="mix,compile,relation,step",
                     help="comma list of: mix, compile, relation, step")
-    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile fast-path rows")
+    ap.add_argument("--no-compile", action="store_true", help="skip the opt-in torch.compile rows")
+    ap.add_argument("--size", type=int, default=321, help="crop of the headline configuration (GPU check: 513)")
     ap.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/speed-<dev>.json)")
     ap.add_argument("--report", action="store_true", help="print the README section from the saved CPU JSON; measures nothing")
@@ -421,42 +369,39 @@ def main(argv=None) -> dict:
         print(report(json.loads((args.out or RESULTS / "speed-cpu.json").read_text())))
         return {}
     MEASURE["memory"] = args.memory_only
-    peaks = None if args.memory_only else _memory_pass(argv if argv is not None else sys.argv[1:])
-    F.set_compile(not args.no_compile)
+    peaks = None if args.memory_only else memory_pass(__file__, argv if argv is not None else sys.argv[1:])
     devices = ["cpu", "cuda"] if args.device == "auto" else [args.device]
     devices = [torch.device(d) for d in devices if d == "cpu" or torch.cuda.is_available()]
     repeat = args.repeat or (3 if args.quick else 15)
     sections = set(args.sections.split(","))
-    result = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
-                          "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
-                          "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                          "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
-              "load": os.getloadavg(), "quick": args.quick, "repeat": repeat, "mix": [], "compile": [], "relation": [], "step": []}
+    compiled = not args.no_compile
+    result = {"machine": machine(), "load": os.getloadavg(), "quick": args.quick, "repeat": repeat,
+              "mix": [], "compile": [], "relation": [], "step": []}
     for dev in devices:
         cuda = dev.type == "cuda"
         if "mix" in sections:
+            H = args.size
             if args.quick:
                 configs = [(2, 65, 21, 2, torch.float32)]
             else:
                 city = 801 if cuda else 513  # Cityscapes-like crops; scaled down on CPU
-                configs = [(8, 321, 21, V, torch.float32) for V in (2, 4)] + [(4, city, 19, V, torch.float32) for V in (2, 4)]
-                configs.append((8, 321, 21, 2, torch.bfloat16))
+                configs = [(8, H, 21, V, torch.float32) for V in (2, 4)] + [(4, city, 19, V, torch.float32) for V in (2, 4)]
+                configs.append((8, H, 21, 2, torch.bfloat16))
                 if cuda:
-                    configs.append((8, 321, 21, 2, torch.float16))
-            for B, H, K, V, dtype in configs:
-                result["mix"] += bench_mix(dev, B, H, K, V, dtype, repeat)
+                    configs.append((8, H, 21, 2, torch.float16))
+            for B, size, K, V, dtype in configs:
+                result["mix"] += bench_mix(dev, B, size, K, V, dtype, repeat, compiled=compiled)
         if "relation" in sections:
             sides = [17] if args.quick else [33, 65, 129]
             B = 2 if args.quick else 8
             budget = (torch.cuda.mem_get_info()[0] / 2**30 * 0.8) if cuda else 8.0
             for side in sides:
                 result["relation"] += bench_relation(dev, B, 256, side, max(1, repeat // 3), budget)
-        if "compile" in sections and not args.memory_only and not args.no_compile:
-            result["compile"] += bench_compile(dev, args.quick)
+        if "compile" in sections and not args.memory_only:
+            result["compile"] += bench_compile(dev, args.quick, compiled)
         if "step" in sections and not args.memory_only:
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
             from step_overhead import bench_step  # needs the example model
-            result["step"] += bench_step(dev, quick=args.quick, repeat=repeat)
+            result["step"] += bench_step(dev, quick=args.quick, repeat=repeat, compiled=compiled)
     if args.memory_only:
         args.out.write_text(json.dumps(result))
         return result
@@ -465,19 +410,20 @@ def main(argv=None) -> dict:
             for row, mem in zip(result[section], peaks[section]):
                 row["peak_mb"] = mem["peak_mb"]
     if result["mix"]:
-        print("\n### EntropyMix vs alternatives (ratio: time / UniMatch boolean-index CutMix boxing every sample; for V=4, / the torch.where floor)\n")
+        print("\n### EntropyMix vs alternatives (ratio: time / UniMatch boolean-index CutMix boxing every sample; "
+              "for V=4, / the torch.where floor)\n")
         print(markdown_table(result["mix"], MIX_COLUMNS))
     if result["compile"]:
-        print("\n### Compilation: cold first call and graphs over a shape sweep\n")
+        print("\n### First calls and the opt-in kernel's graphs\n")
         for r in result["compile"]:
             print(f"- {r['device']}: {r['what']}: " + (f"{r['ms']:.0f} ms (steady state {r['steady_ms']:.1f} ms, "
-                  f"+{r['extra_s']:.1f} s)" if "ms" in r else f"{r['graphs']}"))
+                  f"+{r['extra_s']:.2f} s)" if "ms" in r else f"{r['graphs']}"))
     if result["relation"]:
         print("\n### Relation term, forward + backward: exact Gram form vs naive N x N form\n")
         print(markdown_table(result["relation"], RELATION_COLUMNS))
     if result["step"]:
-        from step_overhead import STEP_COLUMNS  # noqa: E402
-        print("\n### Overhead in one UniMatch training step of the example model\n")
+        from step_overhead import STEP_COLUMNS
+        print("\n### Share of one UniMatch training step of the example model\n")
         print(markdown_table(result["step"], STEP_COLUMNS))
     print(f"\nload average at the end (1, 5, 15 min): {os.getloadavg()}")
     result["load_end"] = os.getloadavg()

@@ -18,13 +18,17 @@ import speed  # noqa: E402
 
 def test_speed_quick_writes_tables_and_json(tmp_path, capsys):
     out = tmp_path / "speed.json"
-    result = speed.main(["--quick", "--no-compile", "--out", str(out)])
+    result = speed.main(["--quick", "--no-compile", "--out", str(out)])  # first calls run with --no-compile too
     saved = json.loads(out.read_text())
     assert saved["quick"] and {r["method"] for r in saved["mix"]} >= {
-        "UniMatch CutMix, boolean index (p=1.0)", "MixPlan.apply (4 tensors)", "EntropyMix() checks on, eager entropy",
-        "EntropyMix(check_values=False), eager entropy"}
+        speed.CUTMIX_ALL, speed.APPLY, speed.DEFAULT, speed.UNCHECKED}
     assert all(r["ms"] > 0 for r in result["mix"]) and [r["method"] for r in saved["relation"]] == ["gram", "naive"]
-    assert [r["variant"] for r in saved["step"]][-1] == "UniMatch + EntropyMix + SPEEDLoss"
+    import step_overhead
+    assert {r["what"] for r in saved["step"]} == {step_overhead.STEP, step_overhead.MIX_CUTMIX,
+                                                  step_overhead.MIX_DEFAULT, step_overhead.SPEED}
+    assert all(r["share"] > 0 for r in saved["step"])
+    eager_first = [r for r in saved["compile"] if r.get("mode") == "eager"]
+    assert len(eager_first) == 2 and {r["compiler"] for r in eager_first} == {True, False}
     printed = capsys.readouterr().out
     assert "| method |" in printed and "Relation term" in printed and "UniMatch training step" in printed
 

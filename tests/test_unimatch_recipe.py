@@ -1,22 +1,16 @@
-"""examples/UNIMATCH.md, exercised: its `+` lines run inside a UniMatch-style step on a model
-whose forward returns logits only (the hook supplies SPEEDLoss's features)."""
+"""examples/UNIMATCH.md, exercised: its hunks, as printed, are applied to a UniMatch-style
+``main()`` with the same lines and indentation, which then trains two steps of a model whose
+forward returns logits only (the hook supplies SPEEDLoss's features)."""
 
-import re
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from patching import apply, hunks
+
 RECIPE = (Path(__file__).resolve().parents[1] / "examples" / "UNIMATCH.md").read_text()
-HUNKS = ["\n".join(line[1:] for line in block.splitlines() if line.startswith("+"))
-         for block in re.findall(r"```diff\n(.*?)```", RECIPE, re.S)]
-
-
-def dedent(code: str) -> str:
-    lines = [line for line in code.splitlines() if line.strip()]
-    pad = min(len(line) - len(line.lstrip()) for line in lines)
-    return "\n".join(line[pad:] for line in lines)
 
 
 class TinyDeepLabV3Plus(nn.Module):
@@ -45,68 +39,136 @@ class TinyDeepLabV3Plus(nn.Module):
         return self.classifier(self.fuse(torch.cat([self.reduce(c1), c4], 1)))
 
 
-# A UniMatch-style iteration written for this test; {hunkN} marks where the recipe's lines go.
-STEP = """
-{hunk1_step_start}
-with torch.no_grad():
-    model.eval()
-    pred_u_w_mix = model(img_u_w_mix).detach()
-    {hunk1_teacher}
-    conf_u_w_mix, mask_u_w_mix = pred_u_w_mix.softmax(1).max(1)
-model.train()
-num_lb, num_ulb = img_x.shape[0], img_u_w.shape[0]
-preds, preds_fp = model(torch.cat((img_x, img_u_w)), True)
-pred_x, pred_u_w = preds.split([num_lb, num_ulb])
-pred_u_w_fp = preds_fp[num_lb:]
-{hunk3}
-pred_u_w = pred_u_w.detach()
-conf_u_w, mask_u_w = pred_u_w.softmax(1).max(1)
-{hunk4}
-{hunk5_replays}
-loss_x = F.cross_entropy(pred_x, mask_x, ignore_index=255)
-def unsup(pred, target, conf, ign):
-    loss = F.cross_entropy(pred, target, reduction="none") * ((conf >= 0.5) & (ign != 255))
-    return loss.sum() / (ign != 255).sum().clamp_min(1)
-loss_u_s1 = unsup(pred_u_s1, mask_u_w_cutmixed1, conf_u_w_cutmixed1, ignore_mask_cutmixed1)
-loss_u_s2 = unsup(pred_u_s2, mask_u_w_cutmixed2, conf_u_w_cutmixed2, ignore_mask_cutmixed2)
-loss_u_w_fp = unsup(pred_u_w_fp, mask_u_w, conf_u_w, ignore_mask)
-{hunk5_total}
-optimizer.zero_grad()
-loss.backward()
-optimizer.step()
+class FakeDDP(nn.Module):
+    """What DistributedDataParallel looks like to the step (a ``module`` attribute), without a process group."""
+
+    def __init__(self, module, device_ids=None, output_device=None, find_unused_parameters=False):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+
+# UniMatch's main(), cut to what the recipe touches, with UniMatch's lines and indentation (the
+# .cuda() moves and the logging are left out). Written for this test; the recipe is applied to it.
+SOURCE = """
+def main(model, optimizer, loader, cfg, local_rank, steps):
+    criterion_l = nn.CrossEntropyLoss(ignore_index=255)
+    criterion_u = nn.CrossEntropyLoss(reduction='none')
+
+    model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank],
+                                                      output_device=local_rank, find_unused_parameters=False)
+
+    for epoch in range(1):
+        for i, ((img_x, mask_x),
+                (img_u_w, img_u_s1, img_u_s2, ignore_mask, cutmix_box1, cutmix_box2),
+                (img_u_w_mix, img_u_s1_mix, img_u_s2_mix, ignore_mask_mix, _, _)) in enumerate(loader):
+
+            with torch.no_grad():
+                model.eval()
+
+                pred_u_w_mix = model(img_u_w_mix).detach()
+                conf_u_w_mix = pred_u_w_mix.softmax(dim=1).max(dim=1)[0]
+                mask_u_w_mix = pred_u_w_mix.argmax(dim=1)
+
+            img_u_s1[cutmix_box1.unsqueeze(1).expand(img_u_s1.shape) == 1] = \\
+                img_u_s1_mix[cutmix_box1.unsqueeze(1).expand(img_u_s1.shape) == 1]
+            img_u_s2[cutmix_box2.unsqueeze(1).expand(img_u_s2.shape) == 1] = \\
+                img_u_s2_mix[cutmix_box2.unsqueeze(1).expand(img_u_s2.shape) == 1]
+
+            model.train()
+
+            num_lb, num_ulb = img_x.shape[0], img_u_w.shape[0]
+
+            preds, preds_fp = model(torch.cat((img_x, img_u_w)), True)
+            pred_x, pred_u_w = preds.split([num_lb, num_ulb])
+            pred_u_w_fp = preds_fp[num_lb:]
+
+            pred_u_s1, pred_u_s2 = model(torch.cat((img_u_s1, img_u_s2))).chunk(2)
+
+            pred_u_w = pred_u_w.detach()
+            conf_u_w = pred_u_w.softmax(dim=1).max(dim=1)[0]
+            mask_u_w = pred_u_w.argmax(dim=1)
+
+            mask_u_w_cutmixed1, conf_u_w_cutmixed1, ignore_mask_cutmixed1 = \\
+                mask_u_w.clone(), conf_u_w.clone(), ignore_mask.clone()
+            mask_u_w_cutmixed2, conf_u_w_cutmixed2, ignore_mask_cutmixed2 = \\
+                mask_u_w.clone(), conf_u_w.clone(), ignore_mask.clone()
+
+            mask_u_w_cutmixed1[cutmix_box1 == 1] = mask_u_w_mix[cutmix_box1 == 1]
+            conf_u_w_cutmixed1[cutmix_box1 == 1] = conf_u_w_mix[cutmix_box1 == 1]
+            ignore_mask_cutmixed1[cutmix_box1 == 1] = ignore_mask_mix[cutmix_box1 == 1]
+
+            mask_u_w_cutmixed2[cutmix_box2 == 1] = mask_u_w_mix[cutmix_box2 == 1]
+            conf_u_w_cutmixed2[cutmix_box2 == 1] = conf_u_w_mix[cutmix_box2 == 1]
+            ignore_mask_cutmixed2[cutmix_box2 == 1] = ignore_mask_mix[cutmix_box2 == 1]
+
+            loss_x = criterion_l(pred_x, mask_x)
+
+            loss_u_s1 = criterion_u(pred_u_s1, mask_u_w_cutmixed1)
+            loss_u_s1 = loss_u_s1 * ((conf_u_w_cutmixed1 >= cfg['conf_thresh']) & (ignore_mask_cutmixed1 != 255))
+            loss_u_s1 = torch.sum(loss_u_s1) / torch.sum(ignore_mask_cutmixed1 != 255).item()
+
+            loss_u_s2 = criterion_u(pred_u_s2, mask_u_w_cutmixed2)
+            loss_u_s2 = loss_u_s2 * ((conf_u_w_cutmixed2 >= cfg['conf_thresh']) & (ignore_mask_cutmixed2 != 255))
+            loss_u_s2 = torch.sum(loss_u_s2) / torch.sum(ignore_mask_cutmixed2 != 255).item()
+
+            loss_u_w_fp = criterion_u(pred_u_w_fp, mask_u_w)
+            loss_u_w_fp = loss_u_w_fp * ((conf_u_w >= cfg['conf_thresh']) & (ignore_mask != 255))
+            loss_u_w_fp = torch.sum(loss_u_w_fp) / torch.sum(ignore_mask != 255).item()
+
+            loss = (loss_x + loss_u_s1 * 0.25 + loss_u_s2 * 0.25 + loss_u_w_fp * 0.5) / 2.0
+
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            steps.append(dict(locals()))
+            with torch.no_grad():  # validation forwards in between: the tap must keep nothing of them
+                model.eval()
+                [model(img_u_w[:1]) for _ in range(20)]
+                model.train()
 """
 
 
-def test_recipe_has_the_expected_hunks():
-    # five hunks; the fifth comes in two blocks (the replays, then the total loss)
-    assert len(HUNKS) == 6 and "FeatureTap" in HUNKS[0] and "mix1(" in HUNKS[4] and "loss_speed" in HUNKS[5]
-    assert HUNKS[2] == ""  # the box pastes go and nothing replaces them there
+def test_recipe_has_six_hunks_that_each_apply_once():
+    assert len(hunks(RECIPE)) == 6
+    patched = SOURCE
+    for hunk in hunks(RECIPE):
+        patched = apply(patched, hunk)
+    compile(patched, "unimatch.py", "exec")  # pastes as printed: no IndentationError
+    assert "cutmix_box1 ==" not in patched and "FeatureTap" in patched
 
 
-def test_two_unimatch_steps_with_the_recipe_on_a_logits_only_model():
+def test_two_unimatch_steps_with_the_recipe_on_a_logits_only_model(monkeypatch):
+    patched = SOURCE
+    for hunk in hunks(RECIPE):
+        patched = apply(patched, hunk)
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", FakeDDP)
+    env = {"torch": torch, "nn": nn, "F": F}
+    exec(compile(patched, "unimatch.py", "exec"), env)
     torch.manual_seed(0)
     model = TinyDeepLabV3Plus()
-    env = {"torch": torch, "F": F, "model": model,
-           "optimizer": torch.optim.SGD(model.parameters(), lr=0.01)}
-    exec(dedent(HUNKS[0]), env)
-    step_start, teacher = HUNKS[1].splitlines()
-    step = STEP.format(hunk1_step_start=step_start.strip(), hunk1_teacher=teacher.strip(), hunk3="",
-                       hunk4=dedent(HUNKS[3]), hunk5_replays=dedent(HUNKS[4]), hunk5_total=dedent(HUNKS[5]))
     g = torch.Generator().manual_seed(0)
-    losses = []
-    for _ in range(2):
-        B = 2
-        env.update(img_x=torch.rand(B, 3, 32, 32, generator=g), mask_x=torch.randint(0, 4, (B, 32, 32), generator=g),
-                   img_u_w=torch.rand(B, 3, 32, 32, generator=g), img_u_w_mix=torch.rand(B, 3, 32, 32, generator=g),
-                   img_u_s1=torch.rand(B, 3, 32, 32, generator=g), img_u_s2=torch.rand(B, 3, 32, 32, generator=g),
-                   img_u_s1_mix=torch.rand(B, 3, 32, 32, generator=g),
-                   img_u_s2_mix=torch.rand(B, 3, 32, 32, generator=g),
-                   ignore_mask=torch.zeros(B, 32, 32, dtype=torch.long),
-                   ignore_mask_mix=torch.zeros(B, 32, 32, dtype=torch.long).index_fill_(2, torch.arange(24, 32), 255))
-        model(torch.rand(1, 3, 32, 32))  # a stray forward (e.g. validation) that the step must not mistake
-        exec(step, env)
-        assert len(env["tap"]) == 0 and torch.isfinite(env["loss"]) and env["loss_speed"] > 0
-        assert env["feat_u_s1"].shape == (B, 12, 16, 16) and env["feat_u_w"].shape == (B, 12, 16, 16)
-        losses.append(float(env["loss"]))
-    env["tap"].close()
+    B = 2
+
+    def batch():
+        r = lambda *s: torch.rand(*s, generator=g)  # noqa: E731
+        box = (torch.rand(B, 32, 32, generator=g) < 0.3).long()
+        ignore_mix = torch.zeros(B, 32, 32, dtype=torch.long).index_fill_(2, torch.arange(24, 32), 255)
+        return ((r(B, 3, 32, 32), torch.randint(0, 4, (B, 32, 32), generator=g)),
+                (r(B, 3, 32, 32), r(B, 3, 32, 32), r(B, 3, 32, 32), torch.zeros(B, 32, 32, dtype=torch.long), box, box),
+                (r(B, 3, 32, 32), r(B, 3, 32, 32), r(B, 3, 32, 32), ignore_mix, box, box))
+    steps = []
+    env["main"](model, torch.optim.SGD(model.parameters(), lr=0.01), [batch(), batch()], {"conf_thresh": 0.5}, 0, steps)
+    assert len(steps) == 2
+    for step in steps:
+        assert torch.isfinite(step["loss"]) and step["loss_speed"] > 0
+        assert step["feat_u_s1"].shape == (B, 12, 16, 16) and step["feat_u_w"].shape == (B, 12, 16, 16)
+        assert step["feat_u_s1"].requires_grad and not step["feat_u_w"].requires_grad
+        assert step["pred_u_w_eval"].shape == step["pred_u_w_mix"].shape == (B, 4, 32, 32)
+    tap = steps[-1]["tap"]
+    assert len(tap) == 0  # every record popped or cleared; the validation forwards recorded nothing
+    tap.close()
     assert not model.fuse._forward_hooks
+
