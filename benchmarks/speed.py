@@ -360,7 +360,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--sections", default="mix,compile,relation,step",
                     help="comma list of: mix, compile, relation, step")
     ap.add_argument("--no-compile", action="store_true", help="skip the opt-in torch.compile rows")
-    ap.add_argument("--size", type=int, default=321, help="crop of the headline configuration (GPU check: 513)")
+    ap.add_argument("--size", type=int, default=321, help="crop of the headline configurations (GPU check: 513)")
+    ap.add_argument("--step-width", type=int, default=32, help="width of the example model in the step section")
+    ap.add_argument("--amp", action="store_true", help="step section under autocast (float16 + GradScaler on CUDA)")
+    ap.add_argument("--step-variants", action="store_true",
+                    help="also time whole steps with EntropyMix and with EntropyMix + SPEEDLoss (resolves on a GPU)")
     ap.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/speed-<dev>.json)")
     ap.add_argument("--report", action="store_true", help="print the README section from the saved CPU JSON; measures nothing")
@@ -401,7 +405,8 @@ def main(argv=None) -> dict:
             result["compile"] += bench_compile(dev, args.quick, compiled)
         if "step" in sections and not args.memory_only:
             from step_overhead import bench_step  # needs the example model
-            result["step"] += bench_step(dev, quick=args.quick, repeat=repeat, compiled=compiled)
+            result["step"] += bench_step(dev, quick=args.quick, repeat=repeat, compiled=compiled, size=args.size,
+                                         width=args.step_width, amp=args.amp, variants=args.step_variants)
     if args.memory_only:
         args.out.write_text(json.dumps(result))
         return result

@@ -11,6 +11,7 @@ the step's median, measured in the same process.
 
 from __future__ import annotations
 
+import statistics
 import sys
 from argparse import Namespace
 from pathlib import Path
@@ -27,14 +28,21 @@ from entropymix import CutMix, EntropyMix, SPEEDLoss  # noqa: E402
 from entropymix.functional import set_compile  # noqa: E402
 
 STEP = "UniMatch step (CutMix, no SPEEDLoss)"
+STEP_ENTROPYMIX = "UniMatch step with EntropyMix"
+STEP_SPEED = "UniMatch step with EntropyMix + SPEEDLoss"
 MIX_DEFAULT = "EntropyMix, 2 streams + plan replays (default, eager)"
 MIX_COMPILED = "EntropyMix, 2 streams + plan replays (compiled, opt-in)"
 MIX_CUTMIX = "CutMix, 2 streams + plan replays"
 SPEED = "SPEEDLoss forward + backward, 2 streams"
 
 
-def bench_step(device: torch.device, quick: bool, repeat: int, compiled: bool = True) -> List[Dict]:
-    configs = [(2, 32, 6)] if quick else [(8, 321, 21)]
+def bench_step(device: torch.device, quick: bool, repeat: int, compiled: bool = True, size: int = 321,
+               width: int = 32, amp: bool = False, variants: bool = False) -> List[Dict]:
+    """Rows of the step and its components; ``variants`` also times whole steps with EntropyMix and
+    with EntropyMix + SPEEDLoss (interleaved), which resolves on a GPU; ``amp``: autocast (float16
+    with a GradScaler on CUDA, bfloat16 on CPU), as the example's ``--amp``."""
+    configs = [(2, 32, 6)] if quick else [(8, size, 21)]
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     rows = []
     for B, size, K in configs:
         g = torch.Generator().manual_seed(0)
@@ -45,22 +53,36 @@ def bench_step(device: torch.device, quick: bool, repeat: int, compiled: bool = 
         mask_x = torch.randint(0, K, (B, size, size), generator=g).to(device)
         ignore = torch.zeros(B, size, size, dtype=torch.long, device=device)
         batch = (img_x, mask_x, img_u_w, ignore, [(img_m_w, ignore)])
-        model = DeepLabV3Plus(K).to(device)
+        model = DeepLabV3Plus(K, width=width, feature_dim=max(64, 2 * width)).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
         strong = strong_augmentation(size).to(device)
         args = Namespace(method="unimatch", conf_thresh=0.95, speed_weight=0.5)
         gen = torch.Generator().manual_seed(0)
+        entropymix = (EntropyMix(4, check_values=False), EntropyMix(4, "sample", check_values=False))
 
-        def step():
-            loss, _, _ = training_loss(model, batch, args, (CutMix(), CutMix()), None, strong, gen)
+        def step(mixers=(CutMix(), CutMix()), speed=None):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                loss, _, _ = training_loss(model, batch, args, mixers, speed, strong, gen)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        step_ms = time_ms(step, device, repeat=max(3, repeat // 3), warmup=1)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        steps = {STEP: step}
+        if variants:
+            steps[STEP_ENTROPYMIX] = lambda: step(entropymix)
+            steps[STEP_SPEED] = lambda: step(entropymix, SPEEDLoss(check_values=False))
+        step_times = {name: [] for name in steps}
+        for r in range(1 + max(3, repeat // 3)):  # variants take turns: drift hits them alike
+            for name, fn in steps.items():
+                t = time_ms(fn, device, repeat=1, warmup=0)
+                if r:
+                    step_times[name].append(t)
+        step_ms = statistics.median(step_times[STEP])
 
         # The step's own tensors: teacher logits at full resolution (what the mixer reads), features
         # and logits at the output stride (what SPEEDLoss reads), the strong views.
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
             model.eval()
             teacher = model(torch.cat([img_u_w, img_m_w]))
             model.train()
@@ -71,6 +93,7 @@ def bench_step(device: torch.device, quick: bool, repeat: int, compiled: bool = 
         views = [strong(img_u_w), strong(img_m_w)]
 
         def mix_call(mixers):
+            @torch.autocast(device.type, dtype=amp_dtype, enabled=amp)
             def run():
                 for m in mixers:
                     mixed, plan = m(views, logits=logits, valid=[ignore, ignore], generator=gen)
@@ -81,12 +104,13 @@ def bench_step(device: torch.device, quick: bool, repeat: int, compiled: bool = 
         student_logits = native[0].clone().requires_grad_()
         crit = SPEEDLoss(check_values=False)
 
+        @torch.autocast(device.type, dtype=amp_dtype, enabled=amp)
         def speed_call():
             for _ in range(2):
                 crit(student_logits, native[1], student_feats, feats[1], valid=ignore).backward()
 
         comps = {MIX_CUTMIX: mix_call((CutMix(), CutMix())),
-                 MIX_DEFAULT: mix_call((EntropyMix(4, check_values=False), EntropyMix(4, "sample", check_values=False))),
+                 MIX_DEFAULT: mix_call(entropymix),
                  SPEED: speed_call}
         times = {name: time_ms(fn, device, repeat=repeat, warmup=2) for name, fn in comps.items()}
         if compiled:
@@ -95,9 +119,10 @@ def bench_step(device: torch.device, quick: bool, repeat: int, compiled: bool = 
                 times[MIX_COMPILED] = time_ms(comps[MIX_DEFAULT], device, repeat=repeat, warmup=2)
             finally:
                 set_compile(previous)
-        rows.append({"device": device.type, "B": B, "size": size, "K": K, "what": STEP, "ms": step_ms, "share": 1.0})
-        rows += [{"device": device.type, "B": B, "size": size, "K": K, "what": name, "ms": ms, "share": ms / step_ms}
-                 for name, ms in times.items()]
+        common = {"device": device.type, "B": B, "size": size, "K": K, "width": width, "amp": amp}
+        rows += [{**common, "what": name, "ms": statistics.median(ts), "share": statistics.median(ts) / step_ms}
+                 for name, ts in step_times.items()]
+        rows += [{**common, "what": name, "ms": ms, "share": ms / step_ms} for name, ms in times.items()]
     return rows
 
 

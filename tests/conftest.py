@@ -28,6 +28,17 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
+# Every device-capable test runs on these (parametrize "device"); the CUDA cases skip cleanly
+# without a GPU, and run in benchmarks/gpu_check.sh when one is lent.
+DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
+# Autocast as training loops use it: bfloat16 on CPU; float16 (with a GradScaler) and bfloat16 on CUDA.
+AUTOCAST = [("cpu", torch.bfloat16), pytest.param("cuda", torch.float16, marks=requires_cuda),
+            pytest.param("cuda", torch.bfloat16, marks=requires_cuda)]
+
+
+def autocast_dtypes(device: str):
+    return [torch.bfloat16] if device == "cpu" else [torch.float16, torch.bfloat16]
+
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):

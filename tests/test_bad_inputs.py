@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from entropymix import ClassMix, CutMix, EntropyMix, MixPlan, SPEEDLoss
 from entropymix import functional as F
@@ -115,3 +117,31 @@ def test_plan_equality_and_torch_load_defaults():
     torch.save({"plan": plan}, buf)
     buf.seek(0)
     assert torch.load(buf)["plan"] == plan  # weights_only=True, the default
+
+
+@given(entry=st.sampled_from(["EntropyMix", "CutMix", "ClassMix", "select_views", "cutmix_boxes", "classmix_masks"]),
+       mode=st.sampled_from(["max", "min", "sample", "random"]), p=st.sampled_from([0.0, 0.5, 1.0]),
+       bad=st.sampled_from([0, "seed", 1.5, torch.zeros(1)]))
+def test_every_generator_argument_rejects_a_bad_one_whatever_else_is_passed(entry, mode, p, bad):
+    """Even on paths that draw no random number (select="max", p=0 or 1)."""
+    views = [torch.rand(2, 3, 8, 8) for _ in range(2)]
+    probs = [torch.rand(2, 4, 8, 8).softmax(1) for _ in range(2)]
+    calls = {
+        "EntropyMix": lambda: EntropyMix(2, select=mode, p=p)(views, probs=probs, generator=bad),
+        "CutMix": lambda: CutMix(p=p)(views, generator=bad),
+        "ClassMix": lambda: ClassMix(p=p)(views, probs=probs, generator=bad),
+        "select_views": lambda: F.select_views(torch.rand(2, 2, 2, 2), mode, generator=bad),
+        "cutmix_boxes": lambda: F.cutmix_boxes(2, (8, 8), p, generator=bad),
+        "classmix_masks": lambda: F.classmix_masks(probs[0].argmax(1), 4, generator=bad),
+    }
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None"):
+        calls[entry]()
+
+
+def test_empty_batches_give_empty_results():
+    empty = torch.rand(0, 3, 4, 4).softmax(1)
+    assert F.entropy(empty).shape == (0, 4, 4) and F.entropy_from_logits(empty).shape == (0, 4, 4)
+    mixed, plan = EntropyMix(2)([torch.rand(0, 3, 4, 4)] * 2, probs=[empty, empty])
+    assert mixed.shape == (0, 3, 4, 4) and plan.index.shape == (0, 2, 2)
+    with pytest.raises(ValueError, match=r"probs must have at least one class, got shape \(2, 0, 4, 4\)"):
+        F.entropy(torch.rand(2, 0, 4, 4))

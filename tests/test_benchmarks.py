@@ -101,3 +101,13 @@ def test_readme_benchmark_sections_are_generated_from_the_saved_json():
     study = ablation.report(json.loads((results / "ablation.json").read_text()),
                             json.loads((results / "ablation-calibration.json").read_text()))
     assert study in readme
+
+
+def test_gpu_check_runs_its_cpu_parts(tmp_path):
+    """The GPU check's CPU mode, end to end: every step ok and the summary written."""
+    import gpu_check
+    summary = gpu_check.main(["--device", "cpu", "--out", str(tmp_path)])
+    assert [s["step"] for s in summary["steps"]] == ["tests", "speed", "step", "train", "train-torchrun"]
+    assert all(s["status"] == "ok" for s in summary["steps"]), summary["steps"]
+    saved = json.loads((tmp_path / "gpu-check-cpu.json").read_text())
+    assert saved["speed"] and saved["step"] and saved["device"] == "cpu"

@@ -145,3 +145,27 @@ def test_warmup_compiles_ahead_and_the_fused_path_matches_eager():
         assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= before + EXTRA_GRAPHS
     finally:
         F.set_compile(False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compiled_kernel_on_cuda_matches_eager_and_gives_the_same_plan():
+    """On CUDA the opt-in kernel is Triton code: the same entropies, plans and errors as eager."""
+    g = torch.Generator().manual_seed(0)
+    probs = [random_probs(g, (4, 21, 65, 67)).cuda() for _ in range(2)]
+    views = [torch.rand(4, 3, 65, 67, generator=g).cuda() for _ in range(2)]
+    eager = F.entropy(probs[0]), F.entropy_from_logits(probs[1].log())
+    _, eager_plan = EntropyMix(4, select="sample")(views, probs=probs, generator=torch.Generator().manual_seed(0))
+    previous = F.set_compile(True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            fast = F.entropy(probs[0]), F.entropy_from_logits(probs[1].log())
+            _, fast_plan = EntropyMix(4, select="sample")(views, probs=probs, generator=torch.Generator().manual_seed(0))
+            half = F.entropy(probs[0].half())
+            with pytest.raises(ValueError, match=r"probs\[1\] must be probabilities"):
+                EntropyMix(4)(views, probs=[probs[0], probs[1] * 1.1])
+    finally:
+        F.set_compile(previous)
+    for a, b in zip(fast, eager):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert torch.equal(fast_plan.index, eager_plan.index) and half.dtype == torch.float32

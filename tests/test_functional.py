@@ -7,6 +7,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from entropymix import functional as F
+from conftest import DEVICES
 from strategies import FLOAT_DTYPES, naive_cells, random_probs, sizes_and_grid
 
 
@@ -35,31 +36,33 @@ def naive_patch_entropy(ent, grid, valid=None):
     return np.where(counts > 0, sums / np.maximum(counts, 1), 0.0), counts > 0
 
 
+@pytest.mark.parametrize("device", DEVICES)
 # --- entropy -----------------------------------------------------------------------------------
 
 @given(B=st.integers(1, 3), K=st.integers(1, 12), h=st.integers(1, 17), w=st.integers(1, 17),
        dtype=st.sampled_from(FLOAT_DTYPES), seed=st.integers(0, 2**31 - 1))
-def test_entropy_matches_definition_and_bounds(B, K, h, w, dtype, seed):
+def test_entropy_matches_definition_and_bounds(B, K, h, w, dtype, seed, device):
     g = torch.Generator().manual_seed(seed)
-    p = random_probs(g, (B, K, h, w), dtype)
+    p = random_probs(g, (B, K, h, w), dtype).to(device)
     before = p.clone()
     H = F.entropy(p)
     assert H.shape == (B, h, w) and H.dtype == torch.float32
     assert torch.equal(p, before)  # not modified in place
-    np.testing.assert_allclose(H.double().numpy(), naive_entropy(p), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(H.double().cpu().numpy(), naive_entropy(p.cpu()), rtol=1e-5, atol=1e-5)
     # rounding to half precision moves p slightly off the simplex, and H with it
     slack = 1e-5 if dtype == torch.float32 else 0.02
     assert (H >= 0).all() and (H <= math.log(K) + slack).all()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @given(B=st.integers(1, 3), K=st.integers(1, 12), h=st.integers(1, 9), w=st.integers(1, 9),
        scale=st.sampled_from([0.1, 1.0, 30.0, 1e4]), seed=st.integers(0, 2**31 - 1))
-def test_entropy_from_logits_equals_entropy_of_softmax(B, K, h, w, scale, seed):
+def test_entropy_from_logits_equals_entropy_of_softmax(B, K, h, w, scale, seed, device):
     g = torch.Generator().manual_seed(seed)
-    z = torch.randn(B, K, h, w, generator=g) * scale
+    z = (torch.randn(B, K, h, w, generator=g) * scale).to(device)
     H = F.entropy_from_logits(z)
     assert torch.isfinite(H).all() and (H >= 0).all() and (H <= math.log(K) + 1e-5).all()
-    np.testing.assert_allclose(H.numpy(), naive_entropy(z.double().softmax(1)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(H.cpu().numpy(), naive_entropy(z.cpu().double().softmax(1)), rtol=1e-4, atol=1e-5)
 
 
 @given(B=st.integers(1, 5), K=st.integers(1, 9), h=st.integers(1, 13), w=st.integers(1, 13),
@@ -120,26 +123,27 @@ def test_resize_nearest_follows_the_grid_rule(h, w, H, W, dtype):
     assert torch.equal(out, ref)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 # --- patch entropy -----------------------------------------------------------------------------
 
 @given(sg=sizes_and_grid(max_side=24), B=st.integers(1, 2), use_valid=st.booleans(),
        valid_res=st.sampled_from(["same", "half", "double"]), seed=st.integers(0, 2**31 - 1))
 @example(sg=((321, 321), (4, 4)), B=1, use_valid=True, valid_res="same", seed=0)
 @example(sg=((1, 1), (1, 1)), B=1, use_valid=True, valid_res="same", seed=0)
-def test_patch_entropy_is_the_mean_over_valid_pixels(sg, B, use_valid, valid_res, seed):
+def test_patch_entropy_is_the_mean_over_valid_pixels(sg, B, use_valid, valid_res, seed, device):
     (h, w), grid = sg
     g = torch.Generator().manual_seed(seed)
-    ent = torch.rand(B, h, w, generator=g) * 3
+    ent = (torch.rand(B, h, w, generator=g) * 3).to(device)
     valid = None
     if use_valid:
         vh, vw = {"same": (h, w), "half": (max(1, h // 2), max(1, w // 2)), "double": (2 * h, 2 * w)}[valid_res]
-        valid = torch.rand(B, vh, vw, generator=g) < 0.6
+        valid = (torch.rand(B, vh, vw, generator=g) < 0.6).to(device)
     E, nonempty = F.patch_entropy(ent, grid, valid, return_valid=True)
     assert E.shape == (B, *grid) and E.dtype == torch.float32 and torch.isfinite(E).all()
     full_valid = None if valid is None else F.resize_nearest(valid, (h, w))
-    ref, ref_nonempty = naive_patch_entropy(ent, grid, full_valid)
-    np.testing.assert_allclose(E.numpy(), ref, rtol=1e-5, atol=1e-5)
-    assert np.array_equal(nonempty.numpy(), ref_nonempty)
+    ref, ref_nonempty = naive_patch_entropy(ent.cpu(), grid, None if full_valid is None else full_valid.cpu())
+    np.testing.assert_allclose(E.cpu().numpy(), ref, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(nonempty.cpu().numpy(), ref_nonempty)
 
 
 def test_patch_entropy_errors():
@@ -218,6 +222,7 @@ def test_select_errors():
         F.select_views(E, valid=torch.ones(2, 1, 2, 3, dtype=torch.bool))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 # --- apply_plan --------------------------------------------------------------------------------
 
 @given(V=st.integers(1, 4), B=st.integers(1, 3), sg=sizes_and_grid(max_side=30),
@@ -226,13 +231,13 @@ def test_select_errors():
        seed=st.integers(0, 2**31 - 1))
 @example(V=2, B=2, sg=((321, 321), (4, 4)), out_size=(321, 321), channels=3, dtype=torch.float32, seed=1)
 @example(V=2, B=1, sg=((1, 1), (1, 1)), out_size=(1, 1), channels=None, dtype=torch.int64, seed=1)
-def test_apply_plan_is_a_pure_gather_by_the_grid_rule(V, B, sg, out_size, channels, dtype, seed):
+def test_apply_plan_is_a_pure_gather_by_the_grid_rule(V, B, sg, out_size, channels, dtype, seed, device):
     _, grid = sg
     g = torch.Generator().manual_seed(seed)
-    index = torch.randint(0, V, (B, *grid), generator=g)
+    index = torch.randint(0, V, (B, *grid), generator=g).to(device)
     h, w = out_size
     shape = (B, h, w) if channels is None else (B, channels, h, w)
-    tensors = [(torch.randn(shape, generator=g) * 100).to(dtype) for _ in range(V)]
+    tensors = [(torch.randn(shape, generator=g) * 100).to(device=device, dtype=dtype) for _ in range(V)]
     before = [t.clone() for t in tensors]
     out = F.apply_plan(index, tensors)
     assert out.shape == shape and out.dtype == dtype

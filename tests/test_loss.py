@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from entropymix import SPEEDLoss, logit_distillation, relation_distillation
 from entropymix.functional import resize_nearest
+from conftest import AUTOCAST, DEVICES
 
 
 def naive_relation(fs, ft, valid):
@@ -19,7 +20,7 @@ def naive_relation(fs, ft, valid):
         a = torch.nn.functional.normalize(fs[b].double().flatten(1).T[m], dim=1)
         c = torch.nn.functional.normalize(ft[b].double().flatten(1).T[m], dim=1)
         losses.append(((a @ a.T - c @ c.T) ** 2).sum() / m.sum() ** 2)
-    return torch.stack(losses).mean() if losses else torch.zeros((), dtype=torch.float64)
+    return torch.stack(losses).mean() if losses else torch.zeros((), dtype=torch.float64, device=fs.device)
 
 
 def naive_kd(s, t, valid, T, weighting):
@@ -36,17 +37,18 @@ def naive_kd(s, t, valid, T, weighting):
 features = st.tuples(st.integers(1, 3), st.integers(1, 24), st.integers(1, 24), st.integers(1, 9), st.integers(1, 9))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @given(shape=features, p_valid=st.sampled_from([0.0, 0.3, 1.0]), scale=st.sampled_from([0.1, 1.0]),
        seed=st.integers(0, 2**31 - 1))
 @example(shape=(2, 8, 8, 33, 33), p_valid=0.7, scale=1.0, seed=0)    # N > D
 @example(shape=(2, 64, 16, 3, 3), p_valid=1.0, scale=1.0, seed=0)    # N < D
 @example(shape=(1, 1, 1, 1, 1), p_valid=1.0, scale=1.0, seed=0)
-def test_relation_exact_forms_equal_the_naive_definition(shape, p_valid, scale, seed):
+def test_relation_exact_forms_equal_the_naive_definition(shape, p_valid, scale, seed, device):
     B, Ds, Dt, h, w = shape
     g = torch.Generator().manual_seed(seed)
-    fs = torch.randn(B, Ds, h, w, generator=g, dtype=torch.float64)
-    ft = torch.randn(B, Dt, h, w, generator=g, dtype=torch.float64) * scale
-    valid = torch.rand(B, h, w, generator=g) < p_valid
+    fs = torch.randn(B, Ds, h, w, generator=g, dtype=torch.float64).to(device)
+    ft = (torch.randn(B, Dt, h, w, generator=g, dtype=torch.float64) * scale).to(device)
+    valid = (torch.rand(B, h, w, generator=g) < p_valid).to(device)
     ref = naive_relation(fs, ft, valid)
     for method in ("gram", "naive", "auto"):
         out = relation_distillation(fs, ft, valid, method=method)
@@ -57,13 +59,14 @@ def test_relation_exact_forms_equal_the_naive_definition(shape, p_valid, scale, 
     torch.testing.assert_close(out32.double(), ref, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @given(shape=features, seed=st.integers(0, 2**31 - 1))
-def test_relation_gradients_match_the_naive_form(shape, seed):
+def test_relation_gradients_match_the_naive_form(shape, seed, device):
     B, Ds, Dt, h, w = shape
     g = torch.Generator().manual_seed(seed)
-    fs = torch.randn(B, Ds, h, w, generator=g, dtype=torch.float64)
-    ft = torch.randn(B, Dt, h, w, generator=g, dtype=torch.float64, requires_grad=True)
-    valid = torch.rand(B, h, w, generator=g) < 0.7
+    fs = torch.randn(B, Ds, h, w, generator=g, dtype=torch.float64).to(device)
+    ft = torch.randn(B, Dt, h, w, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    valid = (torch.rand(B, h, w, generator=g) < 0.7).to(device)
     grads = []
     for method in ("gram", "naive"):
         x = fs.clone().requires_grad_()
@@ -85,14 +88,15 @@ def test_gradcheck_both_terms():
     assert torch.autograd.gradcheck(lambda x: logit_distillation(x, t, temperature=2.0), (s,))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @given(B=st.integers(1, 3), K=st.integers(1, 8), h=st.integers(1, 9), w=st.integers(1, 9),
        T=st.sampled_from([0.5, 1.0, 4.0]), weighting=st.booleans(), p_valid=st.sampled_from([0.0, 0.5, 1.0]),
        scale=st.sampled_from([0.1, 3.0, 1e4]), seed=st.integers(0, 2**31 - 1))
-def test_logit_distillation_matches_definition(B, K, h, w, T, weighting, p_valid, scale, seed):
+def test_logit_distillation_matches_definition(B, K, h, w, T, weighting, p_valid, scale, seed, device):
     g = torch.Generator().manual_seed(seed)
-    s = torch.randn(B, K, h, w, generator=g) * scale
-    t = torch.randn(B, K, h, w, generator=g) * scale
-    valid = torch.rand(B, h, w, generator=g) < p_valid
+    s = (torch.randn(B, K, h, w, generator=g) * scale).to(device)
+    t = (torch.randn(B, K, h, w, generator=g) * scale).to(device)
+    valid = (torch.rand(B, h, w, generator=g) < p_valid).to(device)
     s.requires_grad_()
     out = logit_distillation(s, t, valid, temperature=T, entropy_weighting=weighting)
     assert out.dtype == torch.float32 and torch.isfinite(out) and out >= 0
@@ -118,12 +122,13 @@ def test_entropy_weights_are_in_unit_interval(K, seed, sharp):
         assert weighted.abs() < 1e-6
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @given(B=st.integers(1, 3), D=st.integers(1, 16), K=st.integers(1, 6), h=st.integers(1, 12), w=st.integers(1, 12),
        dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]), seed=st.integers(0, 2**31 - 1))
-def test_zero_when_student_equals_teacher_and_no_teacher_gradient(B, D, K, h, w, dtype, seed):
+def test_zero_when_student_equals_teacher_and_no_teacher_gradient(B, D, K, h, w, dtype, seed, device):
     g = torch.Generator().manual_seed(seed)
-    f = torch.randn(B, D, h, w, generator=g).to(dtype)
-    z = (torch.randn(B, K, h, w, generator=g) * 5).to(dtype)
+    f = torch.randn(B, D, h, w, generator=g).to(device=device, dtype=dtype)
+    z = (torch.randn(B, K, h, w, generator=g) * 5).to(device=device, dtype=dtype)
     fs, zs = f.clone().requires_grad_(), z.clone().requires_grad_()
     ft, zt = f.clone().requires_grad_(), z.clone().requires_grad_()
     loss, terms = SPEEDLoss()(zs, zt, fs, ft, return_terms=True)
@@ -231,11 +236,12 @@ def test_loss_errors_name_the_argument_and_shapes():
 AUTOCAST_CPU = dict(device_type="cpu", dtype=torch.bfloat16)
 
 
+@pytest.mark.parametrize("device,amp_dtype", AUTOCAST)
 @given(B=st.integers(1, 3), Ds=st.integers(1, 48), Dt=st.integers(1, 48), h=st.integers(1, 20), w=st.integers(1, 20),
        K=st.integers(2, 8), input_dtype=st.sampled_from([torch.float32, torch.bfloat16]),
        method=st.sampled_from(["gram", "naive"]), seed=st.integers(0, 2**31 - 1))
 @example(B=2, Ds=48, Dt=40, h=20, w=20, K=21, input_dtype=torch.bfloat16, method="gram", seed=0)  # UniMatch-like
-def test_loss_under_autocast_matches_the_float64_reference(B, Ds, Dt, h, w, K, input_dtype, method, seed):
+def test_loss_under_autocast_matches_the_float64_reference(B, Ds, Dt, h, w, K, input_dtype, method, seed, device, amp_dtype):
     """Under autocast (bfloat16 on CPU) both terms and the student gradients are the float32 result.
 
     The inputs are what an autocast model produces (float32 or bfloat16 tensors); the reference is
@@ -248,12 +254,12 @@ def test_loss_under_autocast_matches_the_float64_reference(B, Ds, Dt, h, w, K, i
     1e-2 to 1e0.
     """
     g = torch.Generator().manual_seed(seed)
-    fs = torch.randn(B, Ds, h, w, generator=g).to(input_dtype).requires_grad_()
-    ft = torch.randn(B, Dt, h, w, generator=g).to(input_dtype)
-    zs = (3 * torch.randn(B, K, h, w, generator=g)).to(input_dtype).requires_grad_()
-    zt = (3 * torch.randn(B, K, h, w, generator=g)).to(input_dtype)
-    valid = torch.rand(B, h, w, generator=g) < 0.8
-    with torch.autocast(**AUTOCAST_CPU):
+    fs = torch.randn(B, Ds, h, w, generator=g).to(device=device, dtype=input_dtype).requires_grad_()
+    ft = torch.randn(B, Dt, h, w, generator=g).to(device=device, dtype=input_dtype)
+    zs = (3 * torch.randn(B, K, h, w, generator=g)).to(device=device, dtype=input_dtype).requires_grad_()
+    zt = (3 * torch.randn(B, K, h, w, generator=g)).to(device=device, dtype=input_dtype)
+    valid = (torch.rand(B, h, w, generator=g) < 0.8).to(device)
+    with torch.autocast(device, dtype=amp_dtype):
         rel = relation_distillation(fs, ft, valid, method=method)
         kd = logit_distillation(zs, zt, valid)
     assert rel.dtype == kd.dtype == torch.float32
@@ -318,14 +324,15 @@ def test_speedloss_is_the_weighted_sum_of_its_functional_terms(fw, lw, T, weight
     torch.testing.assert_close(total, want)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @given(B=st.integers(1, 3), K=st.integers(1, 6), D=st.integers(1, 8), h=st.integers(1, 9), w=st.integers(1, 9),
        junk=st.sampled_from([math.nan, math.inf, -math.inf, 1e30]), method=st.sampled_from(["gram", "naive"]),
        seed=st.integers(0, 2**31 - 1))
-def test_ignored_pixels_never_reach_the_loss_or_its_gradients(B, K, D, h, w, junk, method, seed):
+def test_ignored_pixels_never_reach_the_loss_or_its_gradients(B, K, D, h, w, junk, method, seed, device):
     g = torch.Generator().manual_seed(seed)
-    zs, zt = torch.randn(B, K, h, w, generator=g), torch.randn(B, K, h, w, generator=g)
-    fs, ft = torch.randn(B, D, h, w, generator=g), torch.randn(B, D + 1, h, w, generator=g)
-    valid = torch.rand(B, h, w, generator=g) < 0.6
+    zs, zt = torch.randn(B, K, h, w, generator=g).to(device), torch.randn(B, K, h, w, generator=g).to(device)
+    fs, ft = torch.randn(B, D, h, w, generator=g).to(device), torch.randn(B, D + 1, h, w, generator=g).to(device)
+    valid = (torch.rand(B, h, w, generator=g) < 0.6).to(device)
     crit = SPEEDLoss(0.7, 1.3, relation_method=method)
 
     def run(corrupt):

@@ -9,22 +9,23 @@ from hypothesis import strategies as st
 
 from entropymix import ClassMix, CutMix, EntropyMix, MixPlan
 from entropymix import functional as F
-from conftest import requires_cuda
+from conftest import AUTOCAST, DEVICES, requires_cuda
 from strategies import FLOAT_DTYPES, naive_cells, random_probs, sizes_and_grid
 
 MODES = ["max", "min", "sample", "random"]
 
 
-def make_batch(seed, V, B, C, H, W, K, prob_size=None, dtype=torch.float32):
-    """V views whose channel 0 encodes the view id (so provenance is visible in the output)."""
+def make_batch(seed, V, B, C, H, W, K, prob_size=None, dtype=torch.float32, device="cpu"):
+    """V views whose channel 0 encodes the view id (so provenance is visible in the output), drawn on
+    the CPU (the same values on every device) and moved to ``device``."""
     g = torch.Generator().manual_seed(seed)
     views = []
     for v in range(V):
         x = torch.randn(B, C, H, W, generator=g)
         x[:, 0] = v
-        views.append(x.to(dtype))
+        views.append(x.to(device=device, dtype=dtype))
     h, w = prob_size or (H, W)
-    probs = [random_probs(g, (B, K, h, w)) for _ in range(V)]
+    probs = [random_probs(g, (B, K, h, w)).to(device) for _ in range(V)]
     return views, probs, g
 
 
@@ -40,6 +41,7 @@ def check_conservation(mixed, views, plan):
     assert torch.equal(plan.source_map(), src)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @given(V=st.integers(2, 4), B=st.integers(1, 3), C=st.integers(1, 3), sg=sizes_and_grid(max_side=33),
        K=st.integers(2, 6), select=st.sampled_from(MODES), p=st.sampled_from([0.0, 0.5, 1.0]),
        prob_scale=st.sampled_from([1, 2]), dtype=st.sampled_from(FLOAT_DTYPES), seed=st.integers(0, 2**31 - 1))
@@ -48,11 +50,11 @@ def check_conservation(mixed, views, plan):
 @example(V=2, B=1, C=1, sg=((1, 1), (1, 1)), K=2, select="max", p=1.0, prob_scale=1, dtype=torch.float32, seed=0)
 @example(V=3, B=2, C=3, sg=((321, 321), (4, 4)), K=21, select="sample", p=0.5, prob_scale=2,
          dtype=torch.bfloat16, seed=0)
-def test_entropymix_conserves_pixels_and_selects_by_entropy(V, B, C, sg, K, select, p, prob_scale, dtype, seed):
+def test_entropymix_conserves_pixels_and_selects_by_entropy(V, B, C, sg, K, select, p, prob_scale, dtype, seed, device):
     (H, W), grid = sg
     # probabilities at the image resolution or a coarser one (the teacher's output stride)
     ph, pw = max(grid[0], H // prob_scale), max(grid[1], W // prob_scale)
-    views, probs, g = make_batch(seed, V, B, C, H, W, K, (ph, pw), dtype)
+    views, probs, g = make_batch(seed, V, B, C, H, W, K, (ph, pw), dtype, device=device)
     before = [x.clone() for x in views + probs]
     mixer = EntropyMix(grid, select=select, p=p)
     mixed, plan = mixer(views, probs=probs, generator=torch.Generator().manual_seed(seed))
@@ -69,12 +71,13 @@ def test_entropymix_conserves_pixels_and_selects_by_entropy(V, B, C, sg, K, sele
         assert torch.equal(chosen, best)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @given(V=st.integers(2, 3), B=st.integers(1, 3), sg=sizes_and_grid(max_side=24), K=st.integers(2, 5),
        select=st.sampled_from(["max", "min", "sample"]), seed=st.integers(0, 2**31 - 1))
-def test_empty_cells_are_never_preferred(V, B, sg, K, select, seed):
+def test_empty_cells_are_never_preferred(V, B, sg, K, select, seed, device):
     (H, W), grid = sg
-    views, probs, g = make_batch(seed, V, B, 1, H, W, K)
-    valid = [torch.rand(B, H, W, generator=g) < q for q in torch.rand(V, generator=g).tolist()]
+    views, probs, g = make_batch(seed, V, B, 1, H, W, K, device=device)
+    valid = [(torch.rand(B, H, W, generator=g) < q).to(device) for q in torch.rand(V, generator=g).tolist()]
     valid[0][:] = False  # view 0 has no valid pixel at all: it must lose wherever another view has one
     _, plan = EntropyMix(grid, select=select)(views, probs=probs, valid=valid,
                                                generator=torch.Generator().manual_seed(seed))
@@ -84,16 +87,17 @@ def test_empty_cells_are_never_preferred(V, B, sg, K, select, seed):
     assert chosen_nonempty[nonempty.any(0)].all()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @given(V=st.integers(2, 3), B=st.integers(1, 3), sg=sizes_and_grid(max_side=40), K=st.integers(2, 5),
        select=st.sampled_from(MODES), feat_div=st.sampled_from([1, 4, 8]), seed=st.integers(0, 2**31 - 1))
 @example(V=2, B=2, sg=((321, 321), (4, 4)), K=21, select="max", feat_div=8, seed=0)
-def test_plan_applied_to_labels_confidences_and_features_matches_the_image(V, B, sg, K, select, feat_div, seed):
+def test_plan_applied_to_labels_confidences_and_features_matches_the_image(V, B, sg, K, select, feat_div, seed, device):
     (H, W), grid = sg
-    views, probs, g = make_batch(seed, V, B, 2, H, W, K)
+    views, probs, g = make_batch(seed, V, B, 2, H, W, K, device=device)
     mixed, plan = EntropyMix(grid, select=select)(views, probs=probs, generator=torch.Generator().manual_seed(seed))
     labels = [q.argmax(1) for q in probs]                              # int64 (B, H, W)
     conf = [q.max(1).values.half() for q in probs]                     # float16 (B, H, W)
-    ignore = [torch.full((B, H, W), 255 * (v % 2), dtype=torch.uint8) for v in range(V)]
+    ignore = [torch.full((B, H, W), 255 * (v % 2), dtype=torch.uint8, device=device) for v in range(V)]
     y_mixed, c_mixed, i_mixed = plan.apply(labels), plan.apply(conf), plan.apply(ignore)
     src = mixed[:, 0].long()  # channel 0 of view v is v
     assert torch.equal(y_mixed, torch.stack(labels).gather(0, src[None])[0])
@@ -101,7 +105,7 @@ def test_plan_applied_to_labels_confidences_and_features_matches_the_image(V, B,
     assert torch.equal(i_mixed, torch.stack(ignore).gather(0, src[None])[0])
     # features at a coarser resolution carry the view id too: the plan maps them by the same rule
     fh, fw = max(1, H // feat_div), max(1, W // feat_div)
-    feats = [torch.full((B, 4, fh, fw), float(v)) for v in range(V)]
+    feats = [torch.full((B, 4, fh, fw), float(v), device=device) for v in range(V)]
     f_mixed = plan.apply(feats)
     assert torch.equal(f_mixed[:, 0].long(), plan.source_map((fh, fw)))
 
@@ -126,11 +130,12 @@ def test_logits_and_probs_give_the_same_plan():
     assert b.index.shape == a.index.shape
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @given(V=st.integers(2, 3), sg=sizes_and_grid(max_side=24), dtype=st.sampled_from(FLOAT_DTYPES),
        seed=st.integers(0, 2**31 - 1))
-def test_channels_last_inputs(V, sg, dtype, seed):
+def test_channels_last_inputs(V, sg, dtype, seed, device):
     (H, W), grid = sg
-    views, probs, _ = make_batch(seed, V, 2, 3, H, W, 4, dtype=dtype)
+    views, probs, _ = make_batch(seed, V, 2, 3, H, W, 4, dtype=dtype, device=device)
     cl_views = [x.contiguous(memory_format=torch.channels_last) for x in views]
     cl_probs = [q.contiguous(memory_format=torch.channels_last) for q in probs]
     mixed, plan = EntropyMix(grid)(views, probs=probs)
@@ -221,20 +226,21 @@ def test_no_host_device_sync_on_the_hot_path(monkeypatch):
     assert mixed.shape == views[0].shape
 
 
+@pytest.mark.parametrize("device", DEVICES)
 # --- MixPlan -----------------------------------------------------------------------------------
 
 @given(V=st.integers(1, 4), B=st.integers(1, 3), sg=sizes_and_grid(max_side=40),
        size=st.tuples(st.integers(1, 50), st.integers(1, 50)), seed=st.integers(0, 2**31 - 1))
-def test_fractions_are_pixel_shares(V, B, sg, size, seed):
+def test_fractions_are_pixel_shares(V, B, sg, size, seed, device):
     _, grid = sg
-    index = torch.randint(0, V, (B, *grid), generator=torch.Generator().manual_seed(seed))
+    index = torch.randint(0, V, (B, *grid), generator=torch.Generator().manual_seed(seed)).to(device)
     plan = MixPlan(index, V, size)
     fr = plan.fractions()
     assert fr.shape == (B, V) and fr.dtype == torch.float32
     src = plan.source_map()
     ref = torch.nn.functional.one_hot(src, V).double().mean((1, 2)).float()
     torch.testing.assert_close(fr, ref)
-    torch.testing.assert_close(fr.sum(1), torch.ones(B))
+    torch.testing.assert_close(fr.sum(1), torch.ones(B, device=device))
 
 
 def test_plan_is_plain_replayable_data():
@@ -250,13 +256,14 @@ def test_plan_is_plain_replayable_data():
         plan.apply(views[:2])
 
 
+@pytest.mark.parametrize("device", DEVICES)
 # --- CutMix ------------------------------------------------------------------------------------
 
 @given(B=st.integers(1, 4), sg=sizes_and_grid(max_side=40), p=st.sampled_from([0.0, 0.5, 1.0]),
        dtype=st.sampled_from(FLOAT_DTYPES), seed=st.integers(0, 2**31 - 1))
-def test_cutmix_pastes_one_box_from_the_second_view(B, sg, p, dtype, seed):
+def test_cutmix_pastes_one_box_from_the_second_view(B, sg, p, dtype, seed, device):
     (H, W), _ = sg
-    views, probs, _ = make_batch(seed, 2, B, 3, H, W, 3, dtype=dtype)
+    views, probs, _ = make_batch(seed, 2, B, 3, H, W, 3, dtype=dtype, device=device)
     mixed, plan = CutMix(p=p)(views, probs=probs, generator=torch.Generator().manual_seed(seed))
     assert plan.index.shape == (B, H, W) and plan.num_views == 2
     check_conservation(mixed, views, plan)
@@ -265,7 +272,7 @@ def test_cutmix_pastes_one_box_from_the_second_view(B, sg, p, dtype, seed):
     if p == 0.0:
         assert torch.equal(mixed, views[0])
     # replayed on labels at half resolution: a nearest-resized box
-    y = [torch.zeros(B, max(1, H // 2), max(1, W // 2), dtype=torch.long) + v for v in range(2)]
+    y = [torch.zeros(B, max(1, H // 2), max(1, W // 2), dtype=torch.long, device=device) + v for v in range(2)]
     assert torch.equal(plan.apply(y), plan.source_map(y[0].shape[-2:]))
 
 
@@ -313,20 +320,21 @@ def test_cuda_hot_path_does_not_synchronise():
 
 # --- mixed precision and real training inputs ---------------------------------------------------
 
+@pytest.mark.parametrize("device,amp_dtype", AUTOCAST)
 @given(V=st.integers(2, 3), B=st.integers(1, 3), sg=sizes_and_grid(max_side=40), K=st.integers(2, 21),
        select=st.sampled_from(MODES), use_logits=st.booleans(), prob_dtype=st.sampled_from(FLOAT_DTYPES),
        seed=st.integers(0, 2**31 - 1))
 @example(V=2, B=2, sg=((321, 321), (4, 4)), K=21, select="max", use_logits=False, prob_dtype=torch.float32, seed=0)
-def test_autocast_gives_the_same_plan_bit_for_bit(V, B, sg, K, select, use_logits, prob_dtype, seed):
+def test_autocast_gives_the_same_plan_bit_for_bit(V, B, sg, K, select, use_logits, prob_dtype, seed, device, amp_dtype):
     (H, W), grid = sg
-    views, probs, _ = make_batch(seed, V, B, 3, H, W, K)
+    views, probs, _ = make_batch(seed, V, B, 3, H, W, K, device=device)
     g = torch.Generator().manual_seed(seed)
-    valid = [torch.where(torch.rand(B, H, W, generator=g) < 0.8, 0, 255) for _ in range(V)]
+    valid = [torch.where(torch.rand(B, H, W, generator=g) < 0.8, 0, 255).to(device) for _ in range(V)]
     maps = [p.log().to(prob_dtype) for p in probs] if use_logits else [p.to(prob_dtype) for p in probs]
     kw = {"logits" if use_logits else "probs": maps, "valid": valid}
     mixer = EntropyMix(grid, select=select)
     ref, ref_plan = mixer(views, generator=torch.Generator().manual_seed(1), **kw)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device, dtype=amp_dtype):
         out, plan = mixer(views, generator=torch.Generator().manual_seed(1), **kw)
     assert torch.equal(plan.index, ref_plan.index) and torch.equal(out, ref)
 
@@ -356,16 +364,17 @@ def test_value_check_names_its_tolerance_and_still_rejects_scores():
         EntropyMix(2)(views, probs=[torch.randn(2, 5, 8, 8), p])
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @given(V=st.integers(2, 3), B=st.integers(1, 3), sg=sizes_and_grid(max_side=24), div=st.sampled_from([1, 2, 4]),
        ignore_index=st.sampled_from([255, -1, 0]), select=st.sampled_from(["max", "min", "sample"]),
        seed=st.integers(0, 2**31 - 1))
-def test_valid_as_label_map_equals_valid_as_bool_mask(V, B, sg, div, ignore_index, select, seed):
+def test_valid_as_label_map_equals_valid_as_bool_mask(V, B, sg, div, ignore_index, select, seed, device):
     """One convention everywhere: a bool mask, or a label map whose ``ignore_index`` pixels are invalid."""
     (H, W), grid = sg
-    views, probs, g = make_batch(seed, V, B, 3, H, W, 4)
+    views, probs, g = make_batch(seed, V, B, 3, H, W, 4, device=device)
     h, w = max(1, H // div), max(1, W // div)
     labels = [torch.randint(0, 3, (B, h, w), generator=g).masked_fill(torch.rand(B, h, w, generator=g) < 0.4,
-                                                                        ignore_index) for _ in range(V)]
+                                                                        ignore_index).to(device) for _ in range(V)]
     mixer = EntropyMix(grid, select=select, ignore_index=ignore_index)
     a, plan_a = mixer(views, probs=probs, valid=labels, generator=torch.Generator().manual_seed(seed))
     b, plan_b = mixer(views, probs=probs, valid=[y != ignore_index for y in labels],
@@ -390,18 +399,19 @@ def test_apply_promotes_mixed_dtypes_like_torch_where(dtypes, seed):
     assert torch.equal(out, ref)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 # --- ClassMix -----------------------------------------------------------------------------------
 
 @given(B=st.integers(1, 3), C=st.integers(1, 3), sg=sizes_and_grid(max_side=33), K=st.integers(1, 8),
        div=st.sampled_from([1, 2, 4]), p_valid=st.sampled_from([0.0, 0.6, 1.0]), p=st.sampled_from([0.0, 0.5, 1.0]),
        use_logits=st.booleans(), seed=st.integers(0, 2**31 - 1))
 @example(B=2, C=3, sg=((321, 321), (1, 1)), K=21, div=4, p_valid=0.9, p=1.0, use_logits=False, seed=0)
-def test_classmix_pastes_exactly_half_of_the_predicted_classes(B, C, sg, K, div, p_valid, p, use_logits, seed):
+def test_classmix_pastes_exactly_half_of_the_predicted_classes(B, C, sg, K, div, p_valid, p, use_logits, seed, device):
     (H, W), _ = sg
-    views, _, g = make_batch(seed, 2, B, C, H, W, K)
+    views, _, g = make_batch(seed, 2, B, C, H, W, K, device=device)
     h, w = max(1, H // div), max(1, W // div)
-    probs = [random_probs(g, (B, K, h, w)) for _ in range(2)]
-    valid_mix = torch.where(torch.rand(B, h, w, generator=g) < p_valid, 0, 255)
+    probs = [random_probs(g, (B, K, h, w)).to(device) for _ in range(2)]
+    valid_mix = torch.where(torch.rand(B, h, w, generator=g) < p_valid, 0, 255).to(device)
     kw = {"logits": [q.log() for q in probs]} if use_logits else {"probs": probs}
     mixed, plan = ClassMix(p=p)(views, valid=[None, valid_mix], generator=torch.Generator().manual_seed(seed), **kw)
     check_conservation(mixed, views, plan)  # every pixel is the same pixel of one view, bit for bit
@@ -416,10 +426,10 @@ def test_classmix_pastes_exactly_half_of_the_predicted_classes(B, C, sg, K, div,
         drawn = set(labels[b][pasted[b]].tolist())
         present = set(labels[b][valid[b]].tolist())
         assert len(drawn) == (len(present) + 1) // 2 and drawn <= present
-        want = torch.isin(labels[b], torch.tensor(sorted(drawn))) & valid[b]
+        want = torch.isin(labels[b], torch.tensor(sorted(drawn), device=device)) & valid[b]
         assert torch.equal(pasted[b], want)  # exactly the drawn classes' valid pixels; ignore never pasted
     # replay: labels, confidences and masks follow the image at the image's resolution
-    y = [torch.randint(0, K, (B, H, W), generator=g) for _ in range(2)]
+    y = [torch.randint(0, K, (B, H, W), generator=g).to(device) for _ in range(2)]
     ref = torch.where(plan.source_map((H, W)).bool(), y[1], y[0])
     assert torch.equal(plan.apply(y), ref)
     again, plan2 = ClassMix(p=p)(views, valid=[None, valid_mix], generator=torch.Generator().manual_seed(seed), **kw)
@@ -438,15 +448,16 @@ def test_classmix_errors():
         ClassMix(p=2)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 # --- invalid pixels never matter; inputs untouched; plans move ----------------------------------
 
 @given(V=st.integers(2, 3), B=st.integers(1, 3), sg=sizes_and_grid(max_side=24), K=st.integers(2, 5),
        select=st.sampled_from(["max", "min", "sample"]), junk=st.sampled_from([math.nan, math.inf, -1.0, 7.0]),
        use_logits=st.booleans(), seed=st.integers(0, 2**31 - 1))
-def test_values_at_ignored_pixels_never_change_cells_or_the_plan(V, B, sg, K, select, junk, use_logits, seed):
+def test_values_at_ignored_pixels_never_change_cells_or_the_plan(V, B, sg, K, select, junk, use_logits, seed, device):
     (H, W), grid = sg
-    views, probs, g = make_batch(seed, V, B, 3, H, W, K)
-    valid = [torch.rand(B, H, W, generator=g) < 0.6 for _ in range(V)]
+    views, probs, g = make_batch(seed, V, B, 3, H, W, K, device=device)
+    valid = [(torch.rand(B, H, W, generator=g) < 0.6).to(device) for _ in range(V)]
     maps = [p.log() for p in probs] if use_logits else probs
     dirty = [m.masked_fill(~v[:, None], junk) for m, v in zip(maps, valid)]
     key = "logits" if use_logits else "probs"
@@ -491,6 +502,11 @@ def test_plan_to_moves_the_index_and_keeps_the_plan(V, sg, seed):
     assert out.device.type == "meta" and out.shape == (2, 3, H, W)
     back = moved.to("cpu") if False else plan.to("cpu")
     assert back == plan
+    if torch.cuda.is_available():  # a real device: the moved plan replays there, the same values
+        views = [torch.full((2, 3, H, W), float(v)) for v in range(V)]
+        cuda = plan.to("cuda")
+        assert cuda.index.is_cuda and torch.equal(cuda.apply([x.cuda() for x in views]).cpu(), plan.apply(views))
+        assert cuda.to("cpu") == plan
 
 
 @given(B=st.integers(1, 8), H=st.integers(2, 48), W=st.integers(2, 48), area=st.sampled_from([0.9, 1.0]),
@@ -524,3 +540,61 @@ def test_an_in_place_edit_of_the_index_is_seen_by_apply():
     assert plan.apply(views).sum() == 0
     plan.index[:, 0, 0] = 1
     assert plan.apply(views).sum() == 2 * 4 and plan.apply(views)[:, :2, :2].eq(1).all()
+
+
+# --- contracts of the newer surface: ClassMix's p and independence, MixPlan construction -------
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(p=st.sampled_from([0.0, 0.25, 0.5, 1.0]), seed=st.integers(0, 2**31 - 1))
+def test_classmix_p_is_the_share_of_mixed_samples_and_unmixed_samples_are_view_0(p, seed, device):
+    B, K = 200, 4
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, K, (B, 6, 6), generator=g)
+    labels[:, 0, :K] = torch.arange(K)  # every class present in every sample: a mixed sample pastes something
+    logits = torch.nn.functional.one_hot(labels, K).permute(0, 3, 1, 2).float().mul(9).to(device)
+    views = [torch.zeros(B, 1, 6, 6, device=device), torch.ones(B, 1, 6, 6, device=device)]
+    mixed, plan = ClassMix(p=p)(views, logits=[logits, logits], generator=torch.Generator().manual_seed(seed))
+    pasted = plan.index.flatten(1).any(1)
+    share = float(pasted.float().mean())
+    sigma = math.sqrt(p * (1 - p) / B)
+    assert abs(share - p) <= 5 * sigma + 1e-9, (share, p)
+    assert (plan.index[~pasted] == 0).all() and (mixed[~pasted] == 0).all()
+
+
+@given(seed=st.integers(0, 2**31 - 1))
+def test_classmix_draws_the_classes_independently_per_sample(seed):
+    """64 samples with the same classes: their drawn subsets are not all the same (that would
+    happen with probability (1/6)^63 if they were independent draws of 2 of 4 classes)."""
+    B, K = 64, 4
+    labels = torch.arange(K).repeat_interleave(4).view(1, 4, 4).expand(B, 4, 4)
+    masks = F.classmix_masks(labels.contiguous(), K, generator=torch.Generator().manual_seed(seed))
+    subsets = {tuple(sorted(set(labels[b][masks[b].bool()].tolist()))) for b in range(B)}
+    assert len(subsets) > 1 and all(len(s) == 2 for s in subsets)
+
+
+@given(V=st.integers(1, 5), B=st.integers(1, 3), gh=st.integers(1, 4), gw=st.integers(1, 4),
+       bad=st.sampled_from(["-1", "V", "V+7"]), seed=st.integers(0, 2**31 - 1))
+def test_mixplan_rejects_every_out_of_range_index(V, B, gh, gw, bad, seed):
+    g = torch.Generator().manual_seed(seed)
+    index = torch.randint(0, V, (B, gh, gw), generator=g)
+    MixPlan(index, V, (8, 8))  # in range: accepted
+    at = tuple(int(torch.randint(0, n, (1,), generator=g)) for n in (B, gh, gw))
+    wrong = index.clone()
+    wrong[at] = {"-1": -1, "V": V, "V+7": V + 7}[bad]
+    with pytest.raises(ValueError, match=rf"index values must lie in \[0, {V}\)"):
+        MixPlan(wrong, V, (8, 8))
+
+
+@given(V=st.integers(2, 4), seed=st.integers(0, 2**31 - 1),
+       field=st.sampled_from(["index value", "index shape", "num_views", "size", "device"]))
+def test_mixplans_differing_in_any_field_compare_unequal(V, seed, field):
+    g = torch.Generator().manual_seed(seed)
+    index = torch.randint(0, V - 1, (2, 3, 3), generator=g)
+    plan = MixPlan(index, V, (9, 9))
+    assert plan == MixPlan(index.clone(), V, (9, 9))
+    other = {"index value": lambda: MixPlan(index.index_put((torch.tensor([0]),) * 3, torch.tensor(V - 1)), V, (9, 9)),
+             "index shape": lambda: MixPlan(index[:, :2], V, (9, 9)),
+             "num_views": lambda: MixPlan(index, V + 1, (9, 9)),
+             "size": lambda: MixPlan(index, V, (9, 10)),
+             "device": lambda: MixPlan(index.to("meta"), V, (9, 9))}[field]()
+    assert plan != other and other != plan

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from entropymix import FeatureTap
+from conftest import DEVICES
 
 
 class Net(nn.Module):
@@ -93,17 +94,18 @@ def test_evaluation_forwards_record_nothing_by_default():
 OPS = ["grad", "nograd", "recording", "eval-recording", "pop", "clear", "close"]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @given(ops=st.lists(st.sampled_from(OPS), max_size=25), detach=st.booleans())
-def test_tap_lifecycle_matches_its_contract(ops, detach):
+def test_tap_lifecycle_matches_its_contract(ops, detach, device):
     """Any sequence of forwards, pops, clears and a close: the tap holds exactly the outputs of the
     grad-enabled or recording() forwards not popped or cleared, in order; clear() keeps the hook;
     close() drops the records and the hook, and nothing is recorded after it."""
-    net = Net()
+    net = Net().to(device)
     tap = FeatureTap(net, "decoder", detach=detach, max_records=100)
     expected = []  # ids of the inputs whose outputs the tap must hold
     closed = False
     for i, op in enumerate(ops):
-        x = torch.full((1, 3, 2, 2), float(i))
+        x = torch.full((1, 3, 2, 2), float(i), device=device)
         if op in ("grad", "nograd", "recording", "eval-recording"):
             net.train(op != "eval-recording")
             with torch.set_grad_enabled(op == "grad"), (tap.recording() if "recording" in op
@@ -115,7 +117,7 @@ def test_tap_lifecycle_matches_its_contract(ops, detach):
             if expected:
                 feat = tap.pop()
                 with torch.no_grad():  # the reference forward records nothing
-                    want = net.decoder(net.backbone(torch.full((1, 3, 2, 2), float(expected.pop(0)))))
+                    want = net.decoder(net.backbone(torch.full((1, 3, 2, 2), float(expected.pop(0)), device=device)))
                 torch.testing.assert_close(feat, want)
                 assert not (detach and feat.requires_grad)
             else:
