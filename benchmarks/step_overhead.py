@@ -32,6 +32,7 @@ STEP_ENTROPYMIX = "UniMatch step with EntropyMix"
 STEP_SPEED = "UniMatch step with EntropyMix + SPEEDLoss"
 MIX_DEFAULT = "EntropyMix, 2 streams + plan replays (default, eager)"
 MIX_COMPILED = "EntropyMix, 2 streams + plan replays (compiled, opt-in)"
+MIX_FULL = "EntropyMix on upsampled full-resolution logits, 2 streams + plan replays (eager)"
 MIX_CUTMIX = "CutMix, 2 streams + plan replays"
 SPEED = "SPEEDLoss forward + backward, 2 streams"
 
@@ -92,11 +93,11 @@ def bench_step(device: torch.device, quick: bool, repeat: int, compiled: bool = 
         conf_label = [z.softmax(1).max(1) for z in logits]
         views = [strong(img_u_w), strong(img_m_w)]
 
-        def mix_call(mixers):
+        def mix_call(mixers, teacher_logits):
             @torch.autocast(device.type, dtype=amp_dtype, enabled=amp)
             def run():
                 for m in mixers:
-                    mixed, plan = m(views, logits=logits, valid=[ignore, ignore], generator=gen)
+                    mixed, plan = m(views, logits=teacher_logits, valid=[ignore, ignore], generator=gen)
                     for t in ([c for c, _ in conf_label], [y for _, y in conf_label], [ignore, ignore], native, feats):
                         plan.apply(t)
             return run
@@ -109,8 +110,10 @@ def bench_step(device: torch.device, quick: bool, repeat: int, compiled: bool = 
             for _ in range(2):
                 crit(student_logits, native[1], student_feats, feats[1], valid=ignore).backward()
 
-        comps = {MIX_CUTMIX: mix_call((CutMix(), CutMix())),
-                 MIX_DEFAULT: mix_call(entropymix),
+        # As the example passes them: EntropyMix reads the teacher's logits at the output stride.
+        comps = {MIX_CUTMIX: mix_call((CutMix(), CutMix()), logits),
+                 MIX_DEFAULT: mix_call(entropymix, native),
+                 MIX_FULL: mix_call(entropymix, logits),
                  SPEED: speed_call}
         times = {name: time_ms(fn, device, repeat=repeat, warmup=2) for name, fn in comps.items()}
         if compiled:

@@ -179,16 +179,20 @@ def training_loss(model, batch, args, mixers, speed, strong, mix_gen):
     img_m_w = [img for img, _ in mixed_in]
     ignores = [ignore] + [ign for _, ign in mixed_in]
     n_m = len(img_m_w)
+    classifier = (model.module if hasattr(model, "module") else model).classifier
     # The teacher on the batches mixed in, in eval mode (UniMatch). An entropy-picking mixer
     # compares the views' entropies, so it also gets the weak view's in that same mode: entropies
     # of a train-mode and an eval-mode forward are not comparable (one view would win every cell).
+    # It reads them at the model's output stride (the classifier on the decoder features), 16x
+    # fewer pixels than the upsampled logits and the same information.
     same_mode = any(_uses_entropy(m) for m in mixers)
     with torch.no_grad():
         model.eval()
         teacher_eval = model(torch.cat(([img_u_w] if same_mode else []) + img_m_w))
         model.train()
-    logits_eval = teacher_eval.logits.chunk(n_m + same_mode)
-    logits_m, feats_m = logits_eval[same_mode:], teacher_eval.features.chunk(n_m + same_mode)[same_mode:]
+        n = n_m + same_mode
+        logits_m, feats_m = teacher_eval.logits.chunk(n)[same_mode:], teacher_eval.features.chunk(n)[same_mode:]
+        select_native = list(classifier(teacher_eval.features).chunk(n)) if same_mode else None
 
     fp = args.method == "unimatch"
     n_streams = 2 if fp else 1
@@ -202,7 +206,7 @@ def training_loss(model, batch, args, mixers, speed, strong, mix_gen):
     logits_t = [pred_u_w, *logits_m]
     feats_t = [feats_u_w, *feats_m]
     conf_t, label_t = zip(*(z.softmax(1).max(1) for z in logits_t))
-    select_logits = list(logits_eval) if same_mode else logits_t
+    select_logits = select_native if same_mode else logits_t
 
     # Mix each strong stream with the other batches; replay the plan on everything else.
     streams = [mixers[s]([img_u_s[s], *img_m_s[s]], logits=select_logits, valid=ignores, generator=mix_gen)
@@ -213,7 +217,6 @@ def training_loss(model, batch, args, mixers, speed, strong, mix_gen):
     # SPEEDLoss distils at the model's output stride (1/4): the classifier is a 1 x 1 conv on the
     # decoder features, so these are exactly the logits before upsampling, 16x fewer pixels than
     # the upsampled ones and the same information.
-    classifier = (model.module if hasattr(model, "module") else model).classifier
     with torch.no_grad():
         logits_t_native = [classifier(f) for f in feats_t] if speed is not None else None
     loss_x = F.cross_entropy(pred_x, mask_x, ignore_index=IGNORE)
@@ -462,13 +465,16 @@ def save_mixing_figure(run: Run, out: Path, samples: int = 3) -> None:
     ignores = [ignore[:n].to(run.device), ignore_m[:n].to(run.device)]
     run.net.eval()
     with torch.no_grad():
-        logits = list(run.net(torch.cat(views)).logits.chunk(2))  # both views in eval mode
+        out = run.net(torch.cat(views))  # both views in eval mode; entropy mixers read the output stride
+        native = _uses_entropy(run.mixers[0])
+        logits = list((run.net.classifier(out.features) if native else out.logits).chunk(2))
         mixed, plan = run.mixers[0](views, logits=logits, valid=ignores, generator=torch.Generator().manual_seed(0))
     run.net.train()
     size = tuple(views[0].shape[-2:])
     ent = [EF.entropy_from_logits(z.float()) for z in logits]
     if isinstance(run.mixers[0], EntropyMix):  # what the mixer compared: each cell's mean entropy
-        ent = [EF.resize_nearest(EF.patch_entropy(e, run.mixers[0].grid, ign), size) for e, ign in zip(ent, ignores)]
+        ent = [EF.patch_entropy(e, run.mixers[0].grid, ign) for e, ign in zip(ent, ignores)]
+    ent = [EF.resize_nearest(e, size) for e in ent]
     src = plan.source_map(size)
     edge = torch.zeros_like(src, dtype=torch.bool)
     edge[:, 1:, :] |= src[:, 1:, :] != src[:, :-1, :]

@@ -25,7 +25,7 @@ def test_speed_quick_writes_tables_and_json(tmp_path, capsys):
     assert all(r["ms"] > 0 for r in result["mix"]) and [r["method"] for r in saved["relation"]] == ["gram", "naive"]
     import step_overhead
     assert {r["what"] for r in saved["step"]} == {step_overhead.STEP, step_overhead.MIX_CUTMIX,
-                                                  step_overhead.MIX_DEFAULT, step_overhead.SPEED}
+                                                  step_overhead.MIX_DEFAULT, step_overhead.MIX_FULL, step_overhead.SPEED}
     assert all(r["share"] > 0 for r in saved["step"])
     eager_first = [r for r in saved["compile"] if r.get("mode") == "eager"]
     assert len(eager_first) == 2 and {r["compiler"] for r in eager_first} == {True, False}

@@ -189,6 +189,11 @@ def test_entropymix_errors_name_the_argument_and_shapes():
         EntropyMix(p=2)
     with pytest.raises(ValueError, match="temperature must be"):
         EntropyMix(temperature=0)
+    for bad in (math.inf, math.nan, -1.0, True):  # refused at construction, not at the first call
+        with pytest.raises(ValueError, match=r"temperature must be a finite number > 0"):
+            EntropyMix(temperature=bad)
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\], got nan"):
+        EntropyMix(p=math.nan)
     # value checks off: off-simplex input is the caller's business, no error and no sync
     EntropyMix(4, check_values=False)(views, probs=[probs[0], probs[1] * 2])
 
