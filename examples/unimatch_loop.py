@@ -465,9 +465,9 @@ def save_mixing_figure(run: Run, out: Path, samples: int = 3) -> None:
     ignores = [ignore[:n].to(run.device), ignore_m[:n].to(run.device)]
     run.net.eval()
     with torch.no_grad():
-        out = run.net(torch.cat(views))  # both views in eval mode; entropy mixers read the output stride
+        teacher = run.net(torch.cat(views))  # both views in eval mode; entropy mixers read the output stride
         native = _uses_entropy(run.mixers[0])
-        logits = list((run.net.classifier(out.features) if native else out.logits).chunk(2))
+        logits = list((run.net.classifier(teacher.features) if native else teacher.logits).chunk(2))
         mixed, plan = run.mixers[0](views, logits=logits, valid=ignores, generator=torch.Generator().manual_seed(0))
     run.net.train()
     size = tuple(views[0].shape[-2:])
