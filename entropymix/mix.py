@@ -173,8 +173,7 @@ class _Mixer(nn.Module):
                 valid: Optional[Sequence[Optional[Tensor]]] = None,
                 generator: Optional[torch.Generator] = None) -> Tuple[Tensor, MixPlan]:
         B, _, H, W = validate.views(views, exactly=type(self).__name__ if self.two_views else None)
-        validate.generator(generator)
-        maps, kind = validate.pick_maps(probs, logits, self.needs_predictions())
+        maps, kind = validate.pick_maps(probs, logits, self.needs_predictions())  # generator: checked where drawn
         index = self._index(views, maps, kind, valid, generator)
         plan = MixPlan(_keep_unmixed(index, self.p, generator), len(views), (H, W), False)
         return plan.apply(views), plan
@@ -320,7 +319,6 @@ class CutMix(_Mixer):
                 generator: Optional[torch.Generator] = None) -> Tuple[Tensor, MixPlan]:
         # probs / logits / valid are ignored: CutMix accepts whatever an EntropyMix call passes.
         B, _, H, W = validate.views(views, exactly="CutMix")
-        validate.generator(generator)
         plan = MixPlan(self._index(views, None, "probs", None, generator), 2, (H, W), False)
         return plan.apply(views), plan
 

@@ -171,7 +171,6 @@ def _find(model: nn.Module, name: str) -> nn.Module:
     # name such as "linear_fuse" for "fuse"), then look-alikes of the whole name.
     leaf = name.rsplit(".", 1)[-1]
     close = [n for n in names if n.endswith("." + leaf) or n == leaf]
-    close += [n for n in names if n not in close and leaf in n.rsplit(".", 1)[-1].split("_")]
     close += [n for n in names if n not in close and leaf and leaf in n.rsplit(".", 1)[-1]]
     close = close[:5]
     close += [n for n in difflib.get_close_matches(name, names, n=5, cutoff=0.5) if n not in close][:5 - len(close)]

@@ -163,9 +163,9 @@ DEFECTS = [
      "weight = torch.full((gh, gw), 1.0 / (gh * gw), dtype=torch.float64, device=dev)"),
     ("mix: p ignored", "mix.py", "keep = F._uniform((index.shape[0],), index.device, generator) >= p",
      "keep = F._uniform((index.shape[0],), index.device, generator) > 2"),
-    ("mixer: generator not validated", "mix.py",
-     "        B, _, H, W = validate.views(views, exactly=type(self).__name__ if self.two_views else None)\n        validate.generator(generator)\n",
-     "        B, _, H, W = validate.views(views, exactly=type(self).__name__ if self.two_views else None)\n"),
+    ("mixer: views of another batch size mixed", "mix.py",
+     "        B, _, H, W = validate.views(views, exactly=type(self).__name__ if self.two_views else None)",
+     "        B, _, H, W = views[0].shape"),
     ("entropymix: value checks always off", "mix.py",
      "ents = F._entropies(kind, [f\"{kind}[{v}]\" for v in range(V)], maps, masks, self.check_values)",
      "ents = F._entropies(kind, [f\"{kind}[{v}]\" for v in range(V)], maps, masks, False)"),
@@ -200,8 +200,8 @@ DEFECTS = [
     ("tap: a deep copy records into the tap", "tap.py", "if mod is not module_ref() or owner is None:",
      "if owner is None:"),
     ("tap: recording() depth leaks", "tap.py", "        finally:\n            self._forced -= 1", "        finally:\n            pass"),
-    ("tap: close matches by leaf only", "tap.py",
-     'close += [n for n in names if n not in close and leaf in n.rsplit(".", 1)[-1].split("_")]', "pass"),
+    ("tap: close matches by the full name only", "tap.py",
+     'close += [n for n in names if n not in close and leaf and leaf in n.rsplit(".", 1)[-1]]', "pass"),
     # --- _validation.py: one wording, every condition ---------------------------------------------
     ("validation: p above 1 accepted", "_validation.py", "if not (_number(value) and 0.0 <= value <= 1.0):",
      "if not (_number(value) and 0.0 <= value):"),
@@ -223,9 +223,10 @@ DEFECTS = [
 EQUIVALENT = {
     "loss: kd mask as a product": "the logits of ignored pixels are zeroed before the KL, so kl is exactly 0 there "
                                   "and kl * mask equals torch.where(mask, kl, 0) for every input",
-    "apply: one view returned as is": "a plan of one view exists (MixPlan(num_views=1)) but its apply() only ever "
-                                      "returns tensors[0]; returning it uncloned aliases the input, which no test "
-                                      "writes to",
+    "entropy: chunk rows from the whole tensor": "the chunk size changes memory, never a value: the eager "
+                                                 "entropy is computed per sample, bit for bit the same in any "
+                                                 "chunking (a property test holds that for chunks of 1 to 4M "
+                                                 "elements), so smaller chunks are observable as time only",
 }
 
 

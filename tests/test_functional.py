@@ -242,6 +242,7 @@ def test_apply_plan_is_a_pure_gather_by_the_grid_rule(V, B, sg, out_size, channe
     out = F.apply_plan(index, tensors)
     assert out.shape == shape and out.dtype == dtype
     assert all(torch.equal(t, b) for t, b in zip(tensors, before))
+    assert all(out.data_ptr() != t.data_ptr() for t in tensors)  # a new tensor, never an alias (V = 1 too)
     rows, cols = naive_cells(h, grid[0]), naive_cells(w, grid[1])
     src = index[:, rows][:, :, cols]  # (B, h, w)
     stacked = torch.stack(tensors)

@@ -603,3 +603,34 @@ def test_mixplans_differing_in_any_field_compare_unequal(V, seed, field):
              "size": lambda: MixPlan(index, V, (9, 10)),
              "device": lambda: MixPlan(index.to("meta"), V, (9, 9))}[field]()
     assert plan != other and other != plan
+
+
+@given(seed=st.integers(0, 2**31 - 1), K=st.integers(3, 6))
+def test_classmix_never_counts_classes_seen_only_at_invalid_pixels(seed, K):
+    """Left half valid with classes 0 and 1; every other class only on the invalid right half: one
+    of the two valid classes is drawn per sample (ceil(2 / 2)), never both."""
+    B = 32
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.zeros(B, 4, 8, dtype=torch.long)
+    labels[:, :, 2:4] = 1
+    labels[:, :, 4:] = torch.randint(2, K, (B, 4, 4), generator=g)
+    valid = torch.zeros(B, 4, 8, dtype=torch.bool)
+    valid[:, :, :4] = True
+    masks = F.classmix_masks(labels, K, valid, generator=torch.Generator().manual_seed(seed))
+    for b in range(B):
+        drawn = set(labels[b][masks[b].bool()].tolist())
+        assert len(drawn) == 1 and drawn <= {0, 1}, drawn
+
+
+@given(select=st.sampled_from(MODES), T=st.sampled_from([0.05, 1.0, 20.0]), V=st.integers(2, 3),
+       seed=st.integers(0, 2**31 - 1))
+def test_entropymix_is_the_functional_composition(select, T, V, seed):
+    """The module is a thin layer: with p = 1 its plan is select_views(patch_entropy(entropy(.)))
+    with the same mode, temperature and generator draws."""
+    views, probs, g = make_batch(seed, V, 2, 3, 19, 23, 5)
+    valid = [torch.rand(2, 19, 23, generator=g) < 0.8 for _ in range(V)]
+    _, plan = EntropyMix((3, 4), select=select, temperature=T)(views, probs=probs, valid=valid,
+                                                                generator=torch.Generator().manual_seed(seed))
+    cells, nonempty = zip(*(F.patch_entropy(F.entropy(q), (3, 4), m, return_valid=True) for q, m in zip(probs, valid)))
+    ref = F.select_views(torch.stack(cells), select, T, torch.Generator().manual_seed(seed), valid=torch.stack(nonempty))
+    assert torch.equal(plan.index, ref)
