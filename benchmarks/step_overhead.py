@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from measure import time_ms  # noqa: E402
 from model import DeepLabV3Plus  # noqa: E402
-from unimatch_loop import strong_augmentation, training_loss  # noqa: E402
+from unimatch_loop import amp as amp_region, strong_augmentation, training_loss  # noqa: E402
 
 from entropymix import CutMix, EntropyMix, SPEEDLoss  # noqa: E402
 from entropymix.functional import set_compile  # noqa: E402
@@ -63,7 +63,7 @@ def bench_step(device: torch.device, quick: bool, repeat: int, compiled: bool = 
         entropymix = (EntropyMix(4, check_values=False), EntropyMix(4, "sample", check_values=False))
 
         def step(mixers=(CutMix(), CutMix()), speed=None):
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+            with amp_region(device, amp_dtype, amp):
                 loss, _, _ = training_loss(model, batch, args, mixers, speed, strong, gen)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -83,7 +83,7 @@ def bench_step(device: torch.device, quick: bool, repeat: int, compiled: bool = 
 
         # The step's own tensors: teacher logits at full resolution (what the mixer reads), features
         # and logits at the output stride (what SPEEDLoss reads), the strong views.
-        with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+        with torch.no_grad(), amp_region(device, amp_dtype, amp):
             model.eval()
             teacher = model(torch.cat([img_u_w, img_m_w]))
             model.train()
@@ -94,7 +94,7 @@ def bench_step(device: torch.device, quick: bool, repeat: int, compiled: bool = 
         views = [strong(img_u_w), strong(img_m_w)]
 
         def mix_call(mixers, teacher_logits):
-            @torch.autocast(device.type, dtype=amp_dtype, enabled=amp)
+            @amp_region(device, amp_dtype, amp)
             def run():
                 for m in mixers:
                     mixed, plan = m(views, logits=teacher_logits, valid=[ignore, ignore], generator=gen)
@@ -105,7 +105,7 @@ def bench_step(device: torch.device, quick: bool, repeat: int, compiled: bool = 
         student_logits = native[0].clone().requires_grad_()
         crit = SPEEDLoss(check_values=False)
 
-        @torch.autocast(device.type, dtype=amp_dtype, enabled=amp)
+        @amp_region(device, amp_dtype, amp)
         def speed_call():
             for _ in range(2):
                 crit(student_logits, native[1], student_feats, feats[1], valid=ignore).backward()

@@ -142,6 +142,14 @@ def _progress(it, enabled: bool, desc: str, total=None):
 
 # --- the step ------------------------------------------------------------------------------------
 
+def amp(device: torch.device, dtype: torch.dtype, enabled: bool):
+    """Autocast for a whole step. Its weight-cast cache is off: the step runs teacher forwards under
+    ``no_grad`` inside the region, and before torch 2.10 a cast cached there has no autograd
+    history, so the student's forward that reuses it silently loses the weights' gradients
+    (pytorch/pytorch#112583). Casting the weights again costs little next to the activations."""
+    return torch.autocast(device.type, dtype=dtype, enabled=enabled, cache_enabled=False)
+
+
 def masked_ce(logits, target, confident, valid):
     """UniMatch's unlabeled loss: CE on confident valid pixels, divided by the valid pixel count."""
     loss = F.cross_entropy(logits, target, reduction="none")
@@ -290,7 +298,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
             group["lr"] = lr
         img_x, mask_x, img_u_w, ignore = (t.to(device) for t in (img_x, mask_x, img_u_w, ignore))
         mixed_in = [(img.to(device), ign.to(device)) for img, ign in mixed_in]
-        with torch.autocast(device.type, dtype=run.amp_dtype, enabled=args.amp):
+        with amp(device, run.amp_dtype, args.amp):
             loss, parts, plans = training_loss(run.model, (img_x, mask_x, img_u_w, ignore, mixed_in), args,
                                                run.mixers, run.speed, run.strong, run.mix_gen)
         run.optimizer.zero_grad(set_to_none=True)
@@ -304,7 +312,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
             mix_share = share if mix_share is None else mix_share + share
             mix_whole = whole if mix_whole is None else mix_whole + whole
     sums = all_reduce(sums) / (run.iters * run.world)
-    with torch.autocast(device.type, dtype=run.amp_dtype, enabled=args.amp):
+    with amp(device, run.amp_dtype, args.amp):
         miou, ious = evaluate(run.net, run.loader_val, run.num_classes, device, run.progress)
     record = {"epoch": epoch, "loss": sums[0].item(), "loss_x": sums[1].item(), "loss_s": sums[2].item(),
               "loss_fp": sums[3].item(), "loss_speed": sums[4].item(), "miou": miou, "iou": ious,

@@ -147,11 +147,13 @@ def test_amp_training_step_is_finite_and_decreasing():
     losses = []
     for _ in range(6):
         torch.manual_seed(1)  # the same strong views every step: only the weights change
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with train.amp(torch.device("cpu"), torch.bfloat16, True):
             loss, _, _ = train.training_loss(model, batch, args, train.build_mixers(args), train.SPEEDLoss(),
                                           train.strong_augmentation(32), g)
         opt.zero_grad()
         loss.backward()
+        # every parameter learns: no weight lost its gradient to a cast cached under no_grad
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
         opt.step()
         losses.append(loss.item())
     assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
