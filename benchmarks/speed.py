@@ -17,7 +17,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Dict, List
@@ -25,7 +24,7 @@ from typing import Dict, List
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import MEASURE, fmt, machine, markdown_table, measure, memory_pass, sync, time_ms  # noqa: E402
+from measure import MEASURE, fmt, machine, markdown_table, measure, memory_pass  # noqa: E402
 
 from entropymix import CutMix, EntropyMix, MixPlan, relation_distillation  # noqa: E402
 from entropymix import functional as F  # noqa: E402

@@ -23,7 +23,8 @@ from options import EXAMPLE, parse_args
 
 if __name__ == "__main__":
     args = parse_args()
-    from unimatch_loop import DataError, main
+    from data import DataError
+    from unimatch_loop import main
     try:
         main(args=args)
     except DataError as err:  # a data problem is a one-line message, not a traceback

@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data import IGNORE, NUM_CLASSES, SHAPE_CLASSES, DataError, SemiDataset, real_splits, shapes_splits
+from data import IGNORE, NUM_CLASSES, SHAPE_CLASSES, SemiDataset, real_splits, shapes_splits
 from model import DeepLabV3Plus
 from options import EXAMPLE, parse_args
 

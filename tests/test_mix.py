@@ -1,7 +1,6 @@
 import math
 import pickle
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import example, given

@@ -53,7 +53,7 @@ def test_a_unimatch_style_step_on_segformer():
     label, conf = plan.apply([label_w, label_m]), plan.apply([conf_w, conf_m])
     valid = plan.apply([ignore_w, ignore_m]) != 255          # full resolution
     valid_q = F.interpolate(valid[:, None].float(), size=label.shape[-2:]).bool()[:, 0]
-    loss_u = (F.cross_entropy(student.logits, label, reduction="none") * valid_q).sum() / valid_q.sum()
+    loss_u = (F.cross_entropy(student.logits, label, reduction="none") * ((conf >= 0.2) & valid_q)).sum() / valid_q.sum()
     loss_speed = speed(student.logits, plan.apply([logits_w, logits_m]), feats_s, plan.apply([feats_w, feats_m]),
                        valid=valid)
     loss = loss_u + 0.5 * loss_speed
