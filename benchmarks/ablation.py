@@ -146,15 +146,29 @@ def score(result: dict, last: int) -> float:
 
 def provenance() -> dict:
     """What a run's numbers depend on besides its arguments: the training code (the package and
-    the example), the torch version and the CPU's vector ISA. The same seed gives the same curve
-    bit for bit only when all three agree (another ISA rounds differently), so a kept run counts
+    the example), the torch version, the CPU's vector ISA and its model. The same seed gives the same
+    curve bit for bit only when all of them agree (another ISA rounds differently), so a kept run counts
     only for the same provenance, and the study never mixes runs of different code or machines."""
     import torch
     digest = hashlib.sha256()
     for f in sorted([*ROOT.glob("entropymix/*.py"), *ROOT.glob("examples/*.py")]):
         digest.update(f.relative_to(ROOT).as_posix().encode() + b"\0" + f.read_bytes())
     return {"code": digest.hexdigest()[:16], "torch": torch.__version__,
-            "cpu": torch.backends.cpu.get_cpu_capability()}
+            "cpu": torch.backends.cpu.get_cpu_capability(), "cpu_model": _cpu_model()}
+
+
+def _cpu_model() -> str:
+    """The processor's name (``/proc/cpuinfo``): machines of one ISA but another model round alike
+    only sometimes, so the model is part of a run's provenance."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or "unknown"
 
 
 def run(name: str, seed: int, out_root: Path, extra, threads: int, kept: Path, prov: dict) -> dict:
