@@ -8,6 +8,25 @@ from pathlib import Path
 
 EXAMPLE = "python train.py"
 
+DESCRIPTION = """UniMatch-style semi-supervised segmentation with EntropyMix and SPEEDLoss.
+
+Runs out of the box on the embedded ``shapes`` dataset (generated, nothing to download):
+
+    python examples/train.py                                   # UniMatch + EntropyMix + SPEEDLoss
+    python examples/train.py --method supervised               # the labeled images alone
+    python examples/train.py --mix cutmix --no-speed           # plain UniMatch
+    torchrun --nproc_per_node=2 examples/train.py              # DDP (gloo on CPU, nccl on GPU)
+
+and on UniMatch's PASCAL VOC / Cityscapes layouts:
+
+    python examples/train.py --dataset pascal --data-root VOC2012 \\
+        --labeled-ids splits/pascal/92/labeled.txt --unlabeled-ids splits/pascal/92/unlabeled.txt \\
+        --val-ids splits/pascal/val.txt --crop-size 321 --batch-size 8
+
+The loop itself is ``examples/unimatch_loop.py`` (read it top to bottom); ``train.py`` parses
+the command line first, so ``--help`` and argument errors answer before torch is imported.
+"""
+
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     pass
@@ -24,8 +43,7 @@ LAYOUTS = """data layouts (UniMatch's split files: one 'IMAGE MASK' line per sam
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from train import __doc__ as description
-    p = argparse.ArgumentParser(prog="train.py", description=description, epilog=LAYOUTS, formatter_class=_Formatter)
+    p = argparse.ArgumentParser(prog="train.py", description=DESCRIPTION, epilog=LAYOUTS, formatter_class=_Formatter)
     p.add_argument("--method", choices=["supervised", "fixmatch", "unimatch"], default="unimatch",
                    help="training recipe (supervised: the labeled images alone)")
     p.add_argument("--mix", choices=["cutmix", "entropymix", "classmix"], default="entropymix",
