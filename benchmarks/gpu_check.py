@@ -17,9 +17,17 @@ Steps, each timed, each allowed to fail without stopping the others (the summary
    ``torchrun`` (nccl on CUDA, gloo on CPU), one process.
 
 Everything lands in ``--out`` (default ``benchmarks/results``): ``*-cuda.json`` on a GPU and
-``gpu-check-<device>.json``, the summary, printed at the end as well. On the device machine of
-this workplace, kornia is not installed: carry its wheels (see the device tool's notes) or the
-kornia row and the example steps report the missing package.
+``gpu-check-<device>.json``, the summary, printed at the end as well.
+
+A lent GPU machine that has torch but not kornia (the kornia row and the example need it) gets
+its wheels carried in an ignored folder, fetched here first (one line each)::
+
+    echo /.whl/ >> .git/info/exclude
+    pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_17_x86_64 -d .whl kornia kornia_rs
+
+and there, with ``.whl`` carried::
+
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site python3 benchmarks/gpu_check.py --out "$OUT"
 """
 
 from __future__ import annotations
