@@ -226,7 +226,9 @@ def training_loss(model, batch, args, mixers, speed, strong, mix_gen):
     # decoder features, so these are exactly the logits before upsampling, 16x fewer pixels than
     # the upsampled ones and the same information.
     with torch.no_grad():
-        logits_t_native = [classifier(f) for f in feats_t] if speed is not None else None
+        logits_t_native = None
+        if speed is not None:  # the mixed-in views' output-stride logits already exist when a mixer read them
+            logits_t_native = [classifier(feats_u_w), *(select_native[1:] if same_mode else map(classifier, feats_m))]
     loss_x = F.cross_entropy(pred_x, mask_x, ignore_index=IGNORE)
     loss_s, loss_speed = [], []
     for (mixed, plan), pred_s, feat_s in zip(streams, preds_s, feats_s):
