@@ -1,25 +1,34 @@
-"""Accuracy ablation on the embedded dataset: what each piece adds, paired by seed, with intervals.
+"""Accuracy evidence on the embedded dataset, in three phases, paired by seed, with intervals.
 
-    python benchmarks/ablation.py --jobs 2          # every setting x 7 seeds (resumable)
-    python benchmarks/ablation.py --noise --jobs 2  # the instrument's noise floor
-    python benchmarks/ablation.py --quick           # a smoke run (tiny data, a few iterations)
+    python benchmarks/ablation.py --calibrate --jobs 2  # 1. the run size, chosen on the baselines only
+    python benchmarks/ablation.py --select --jobs 2     # 2. SPEEDLoss's weight, on calibration seeds
+    python benchmarks/ablation.py --noise --jobs 2      # how far a run moves when only rounding changes
+    python benchmarks/ablation.py --jobs 2              # 3. the focused study, on held-out seeds
+    python benchmarks/ablation.py --quick               # a smoke run (tiny data, a few iterations)
+    python benchmarks/ablation.py --report              # the README section, from the JSON files
 
-Each run is ``examples/train.py`` in its own process, writing to ``runs/ablation/<setting>-s<seed>``.
+1. **Calibration** trains only the baselines (supervised, UniMatch + CutMix, FixMatch + CutMix) of
+   every candidate run size in ``CANDIDATES`` on ``CALIBRATION_SEEDS``, and checks that the runs
+   converge, that semi-supervised learning beats the labeled images alone by at least ``POSITIVE``
+   mIoU (the positive control), and that the paired spread of two semi-supervised baselines
+   predicts a 95% half-width of at most ``HALF_WIDTH`` mIoU at the study's seed count. EntropyMix
+   and SPEEDLoss never run here: the benchmark is not tuned toward the methods it tests.
+2. **Selection** trains UniMatch + EntropyMix + SPEEDLoss at each weight of ``SPEED_WEIGHTS`` on
+   the calibration seeds and keeps the best mean score. Nothing else gets a tuning budget.
+3. **The study** trains ``SETTINGS`` on ``STUDY_SEEDS``, seeds used by neither phase before.
+
+Each run is ``examples/train.py`` in its own process, writing to ``runs/<phase>/<code>/<run>-s<seed>``.
 A finished run (``results.json`` present) is skipped and an interrupted one resumes from its
-checkpoint, so the study can span several sittings; the JSON is rewritten after every finished
-run, and each run's results are kept beside it (``ablation-runs/``), so a partial study is saved
-as it grows and a new checkout resumes it.
+checkpoint, so every phase can span several sittings; the JSON is rewritten after every finished
+run, and each run's results are kept beside it (``*-runs/``), so a partial phase is saved as it
+grows and a new checkout resumes it.
 
 The seed fixes the labeled set, the data order and every random draw, identically for every
 setting, so settings are compared *paired by seed*. A run's score is the mean validation mIoU of
-its last ``--score-epochs`` epochs (less noisy than the final epoch alone). For every setting:
-mean and std over seeds, and the paired difference to its reference (UniMatch + CutMix, and the
-controls listed in ``COMPARISONS``) with a 95% t-interval over seeds. A difference whose interval
+its last ``--score-epochs`` epochs. For every setting: mean and std over seeds, and the paired
+difference to its reference (UniMatch + CutMix, and the questions in ``COMPARISONS``) with a 95%
+t-interval over seeds and Holm's correction over all of them. A difference whose interval
 contains 0 is reported as "not distinguishable on this benchmark", whatever its mean.
-
-Writes a markdown table, ``benchmarks/results/ablation.json`` (per-seed scores, per-epoch curves,
-paired differences and intervals), ``ablation.png`` (differences with intervals) and
-``ablation-curves.png`` (mean mIoU per epoch).
 """
 
 from __future__ import annotations
@@ -38,46 +47,61 @@ from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "examples" / "train.py"
+RESULTS = ROOT / "benchmarks" / "results"
+
+# --- phase 1: calibration, baselines only ------------------------------------------------------------
+BASELINE = "unimatch+cutmix"
+FIXMATCH = "fixmatch+cutmix"  # a second semi-supervised baseline: its paired spread predicts the study's
+CALIBRATION_SEEDS = [100, 101]
+CANDIDATES = {  # name: (train.py flags, why it is a candidate), in the order they were tried
+    "w16-c48-u384-e30": (["--width", "16", "--crop-size", "48", "--num-unlabeled", "384", "--epochs", "30"],
+                         "the cheapest: 48-pixel images and crops (about 0.6 of a 64-pixel iteration's cost), a "
+                         "width-16 model, 1440 iterations"),
+    "w16-c48-u768-e30": (["--width", "16", "--crop-size", "48", "--epochs", "30"],
+                         "the first failed its positive control and still climbed: twice the unlabeled images, "
+                         "2880 iterations (a pilot of the example at 40 epochs, 3840 iterations, showed UniMatch's "
+                         "gain over supervised growing late in the schedule)"),
+    "w16-c48-u768-e40": (["--width", "16", "--crop-size", "48", "--epochs", "40"],
+                         "as the second, with the pilot's 3840 iterations"),
+}
+CONVERGED = 0.25     # mIoU per epoch: the largest gain over the last quarter of the schedule
+POSITIVE = 5.0       # mIoU: UniMatch + CutMix over supervised, at least, its interval excluding 0
+HALF_WIDTH = 1.0     # mIoU: the goal for a paired difference's 95% half-width in the study
+
+# --- phase 2: SPEEDLoss's weight, on the calibration seeds ----------------------------------------
+SPEED_WEIGHTS = (0.1, 0.3, 1.0)  # the paper gives none; log-spaced around the example's 0.5
+
+# --- phase 3: the focused study, on held-out seeds --------------------------------------------------
+STUDY = CANDIDATES["w16-c48-u384-e30"][0]  # the calibration's choice (a test holds it to the JSON)
+SPEED_WEIGHT = 0.3                          # the selection's choice (a test holds it to the JSON)
+STUDY_SEEDS = list(range(1000, 1008))       # never used by calibration or selection
+SCORE_EPOCHS = 3
 
 UNI = ["--method", "unimatch"]
+SPEED = ["--speed", "--speed-weight", str(SPEED_WEIGHT)]
 SETTINGS = {
     "supervised": ["--method", "supervised"],
-    "unimatch+cutmix": UNI + ["--mix", "cutmix", "--no-speed"],
+    BASELINE: UNI + ["--mix", "cutmix", "--no-speed"],
     "unimatch+classmix": UNI + ["--mix", "classmix", "--no-speed"],
     "unimatch+grid-random": UNI + ["--mix", "entropymix", "--first-select", "random", "--second-select", "random",
                                    "--no-speed"],
     "unimatch+entropymix": UNI + ["--mix", "entropymix", "--no-speed"],  # streams: max, sample; grid 4
-    "unimatch+entropymix-max-max": UNI + ["--mix", "entropymix", "--second-select", "max", "--no-speed"],
     "unimatch+entropymix-3views": UNI + ["--mix", "entropymix", "--views", "3", "--no-speed"],
-    "unimatch+entropymix-grid2": UNI + ["--mix", "entropymix", "--grid", "2", "--no-speed"],
-    "unimatch+entropymix-grid8": UNI + ["--mix", "entropymix", "--grid", "8", "--no-speed"],
-    "unimatch+entropymix+speed": UNI + ["--mix", "entropymix", "--speed"],
-    "unimatch+entropymix+speed-relation": UNI + ["--mix", "entropymix", "--speed", "--speed-terms", "relation"],
-    "unimatch+entropymix+speed-logit": UNI + ["--mix", "entropymix", "--speed", "--speed-terms", "logit"],
+    "unimatch+entropymix+speed": UNI + ["--mix", "entropymix"] + SPEED,
+    "unimatch+cutmix+speed": UNI + ["--mix", "cutmix"] + SPEED,
 }
-BASELINE = "unimatch+cutmix"
-# (setting, reference): the questions the study answers besides "vs UniMatch + CutMix".
+CALIBRATION_SETTINGS = {"supervised": SETTINGS["supervised"], BASELINE: SETTINGS[BASELINE],
+                        FIXMATCH: ["--method", "fixmatch", "--mix", "cutmix", "--no-speed"]}
+SELECT_SETTING = "unimatch+entropymix+speed"
+# (setting, reference): the questions the study answers, besides "vs UniMatch + CutMix".
 COMPARISONS = [
-    ("unimatch+entropymix", "unimatch+grid-random"),        # does the entropy matter, beyond grid mixing?
-    ("unimatch+entropymix-max-max", "unimatch+entropymix"),  # the second stream's selection
+    ("unimatch+entropymix", "unimatch+grid-random"),         # does the entropy matter, beyond grid mixing?
     ("unimatch+entropymix-3views", "unimatch+entropymix"),   # multi-view mixing
-    ("unimatch+entropymix-grid2", "unimatch+entropymix"),    # grid 2 vs 4
-    ("unimatch+entropymix-grid8", "unimatch+entropymix"),    # grid 8 vs 4
-    ("unimatch+entropymix+speed", "unimatch+entropymix"),    # SPEEDLoss
-    ("unimatch+entropymix+speed-relation", "unimatch+entropymix"),
-    ("unimatch+entropymix+speed-logit", "unimatch+entropymix"),
-    ("unimatch+cutmix", "supervised"),
+    ("unimatch+entropymix+speed", "unimatch+entropymix"),    # SPEEDLoss with EntropyMix
+    ("unimatch+cutmix+speed", BASELINE),                     # SPEEDLoss with CutMix (plug-and-play)
+    (BASELINE, "supervised"),                                # the positive control
 ]
-NOISE_SETTING = "unimatch+entropymix"
-# The study's run size: the example's dataset and recipe, a narrower model and half the unlabeled
-# images: about 2 core-minutes a run on an AVX-512 core (about 5 on an AVX2 one), so that 12
-# settings x 7 seeds take about 1.5 hours on 2 cores. Runs are deterministic on one CPU (the same
-# seed twice gives the same curve, bit for bit), so the noise is the spread over seeds, which the
-# pairing by seed removes where settings agree; seven seeds rather than five narrow every interval
-# by a quarter (t(6) / sqrt(7) against t(4) / sqrt(5)).
-STUDY = ["--width", "16", "--num-unlabeled", "384", "--epochs", "12"]
-SEEDS = list(range(7))
-SCORE_EPOCHS = 3
+NOISE_SETTINGS = ["supervised", BASELINE]
 QUICK = ["--num-labeled", "4", "--num-unlabeled", "16", "--num-val", "10", "--crop-size", "32", "--batch-size", "4",
          "--width", "8", "--iters-per-epoch", "2", "--epochs", "2"]
 
@@ -147,8 +171,8 @@ def score(result: dict, last: int) -> float:
 def provenance() -> dict:
     """What a run's numbers depend on besides its arguments: the training code (the package and
     the example), the torch version, the CPU's vector ISA and its model. The same seed gives the same
-    curve bit for bit only when all of them agree (another ISA rounds differently), so a kept run counts
-    only for the same provenance, and the study never mixes runs of different code or machines."""
+    curve bit for bit only when all of them agree (and the thread count: see ``--noise``), so a kept
+    run counts only for the same provenance, and no phase mixes runs of different code or machines."""
     import torch
     digest = hashlib.sha256()
     for f in sorted([*ROOT.glob("entropymix/*.py"), *ROOT.glob("examples/*.py")]):
@@ -171,31 +195,47 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def run(name: str, seed: int, out_root: Path, extra, threads: int, kept: Path, prov: dict) -> dict:
+def run(name: str, setting: list, seed: int, out_root: Path, extra: list, threads: int, kept: Path,
+        prov: dict) -> dict:
     """One run's results: kept from an earlier sitting (the copy beside the JSON, for the same
-    train.py arguments and provenance), else trained (resuming its checkpoint) and kept."""
+    train.py arguments, thread count and provenance), else trained (resuming its checkpoint) and kept."""
     out = out_root / prov["code"] / f"{name}-s{seed}"  # a checkpoint of other code is never resumed
     result = out / "results.json"
     copy = kept / f"{name}-s{seed}.json"
     if not result.exists() and copy.exists():
         saved = json.loads(copy.read_text())
-        if saved.get("study_args") == extra and saved.get("provenance") == prov:
+        if (saved.get("study_args") == extra and saved.get("setting_args", setting) == setting
+                and saved.get("threads", 1) == threads and saved.get("provenance") == prov):
             return saved
     if not result.exists():
-        setting = SETTINGS[name.removesuffix("-repeat")]
         cmd = [sys.executable, str(TRAIN), *setting, "--seed", str(seed), "--out-dir", str(out),
                "--resume", "--no-progress", *extra]
         print(" ".join(cmd[1:]), flush=True)
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
-    data = {**json.loads(result.read_text()), "study_args": list(extra), "provenance": prov}
+    data = {**json.loads(result.read_text()), "study_args": list(extra), "setting_args": list(setting),
+            "threads": threads, "provenance": prov}
     kept.mkdir(parents=True, exist_ok=True)
-    copy.write_text(json.dumps(data))  # committed with the JSON: a new checkout resumes the study
+    copy.write_text(json.dumps(data))  # committed with the JSON: a new checkout resumes the phase
     return data
 
 
-def summarise(done: dict, settings, seeds, last: int) -> dict:
-    """Per-setting scores over the seeds finished in every compared setting, and paired differences."""
+def run_all(jobs: list, out_root: Path, kept: Path, prov: dict, n_jobs: int, save) -> dict:
+    """Train ``jobs`` ``[(name, setting flags, seed, size flags, threads)]`` ``n_jobs`` at a time;
+    ``save(done)`` after every finished run, so a partial phase is on disk as it grows."""
+    done: dict = {}
+    with ThreadPoolExecutor(n_jobs) as pool:
+        futures = {pool.submit(run, name, setting, seed, out_root, extra, threads, kept, prov): (name, seed)
+                   for name, setting, seed, extra, threads in jobs}
+        for fut in as_completed(futures):
+            done[futures[fut]] = fut.result()
+            save(done)
+    return done
+
+
+def summarise(done: dict, settings, seeds, last: int, comparisons=None) -> dict:
+    """Per-setting scores over the seeds finished in every compared setting, and paired differences
+    (Holm-adjusted over all of them). Each row keeps the per-epoch curves and what the mixers did."""
     table = {}
     for name in settings:
         runs = {s: done[name, s] for s in seeds if (name, s) in done}
@@ -210,9 +250,13 @@ def summarise(done: dict, settings, seeds, last: int) -> dict:
             "curves": {str(s): [h["miou"] for h in runs[s]["history"]] for s in sorted(scores)},
             "minutes": statistics.mean(sum(h["seconds"] for h in r["history"]) / 60 for r in runs.values()),
         }
-    comparisons = [(n, BASELINE) for n in table if n != BASELINE] + COMPARISONS
+        mixing = {str(s): [h["mixing"] for h in runs[s]["history"]] for s in sorted(scores)
+                  if all("mixing" in h for h in runs[s]["history"])}
+        if mixing:  # per epoch and stream: mean share of each view, share of samples taken whole
+            table[name]["mixing"] = mixing
+    pairs = [(n, BASELINE) for n in table if n != BASELINE] + list(COMPARISONS if comparisons is None else comparisons)
     diffs = []
-    for a, b in comparisons:
+    for a, b in pairs:
         if a in table and b in table and (a, b) not in [(d["setting"], d["reference"]) for d in diffs]:
             common = [s for s in table[a]["seeds"] if s in table[b]["seeds"]]
             pa = [table[a]["score"][table[a]["seeds"].index(s)] for s in common]
@@ -222,17 +266,153 @@ def summarise(done: dict, settings, seeds, last: int) -> dict:
     return {"table": table, "differences": diffs}
 
 
-def noise_floor(done: dict, seeds, last: int) -> dict:
-    """Same seed twice (the run-to-run floor) and the spread over seeds, for one setting."""
-    pairs = [(done[NOISE_SETTING, s], done[NOISE_SETTING + "-repeat", s]) for s in seeds
-             if (NOISE_SETTING, s) in done and (NOISE_SETTING + "-repeat", s) in done]
-    rep = [abs(score(a, last) - score(b, last)) for a, b in pairs]
-    final_rep = [abs(a["final_miou"] - b["final_miou"]) for a, b in pairs]
-    across = [score(done[NOISE_SETTING, s], last) for s in seeds if (NOISE_SETTING, s) in done]
-    finals = [done[NOISE_SETTING, s]["final_miou"] for s in seeds if (NOISE_SETTING, s) in done]
-    return {"setting": NOISE_SETTING, "score_epochs": last, "same_seed_abs_diff": rep, "same_seed_abs_diff_final": final_rep,
-            "seed_std_score": statistics.stdev(across) if len(across) > 1 else None,
-            "seed_std_final": statistics.stdev(finals) if len(finals) > 1 else None, "seeds": list(seeds)}
+def mean_curve(row: dict) -> list:
+    curves = list(row["curves"].values())
+    return [statistics.mean(c[e] for c in curves) for e in range(min(map(len, curves)))]
+
+
+def slope(curve: list) -> float:
+    """Least-squares gain per epoch over the last quarter of ``curve`` (at least 2 epochs)."""
+    tail = curve[-max(2, len(curve) // 4):]
+    xs = range(len(tail))
+    mx, my = statistics.mean(xs), statistics.mean(tail)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, tail)) / sum((x - mx) ** 2 for x in xs)
+
+
+def predicted_half_width(differences: list, n: int) -> Optional[float]:
+    """95% half-width of a paired difference over ``n`` seeds, with the spread of ``differences``."""
+    return t95(n - 1) * statistics.stdev(differences) / math.sqrt(n) if len(differences) > 1 else None
+
+
+def convergence(table: dict) -> dict:
+    """Each setting's gain per epoch over the last quarter of its mean curve."""
+    return {name: slope(mean_curve(row)) for name, row in table.items()}
+
+
+def checks(summary: dict, study_seeds: int) -> dict:
+    """The calibration criteria of one candidate, from its baselines' runs."""
+    table = summary["table"]
+    by_pair = {(d["setting"], d["reference"]): d for d in summary["differences"]}
+    gains = convergence(table)
+    pos = by_pair.get((BASELINE, "supervised"))
+    spread = by_pair.get((FIXMATCH, BASELINE))
+    half = predicted_half_width(spread["differences"], study_seeds) if spread else None
+    out = {"last_quarter_gain_per_epoch": gains,
+           "converged": all(gains.get(n, math.inf) < CONVERGED for n in ("supervised", BASELINE)),
+           "positive_control": pos and {k: pos[k] for k in ("mean", "low", "high", "n")},
+           "positive_control_holds": bool(pos and pos["low"] is not None and pos["mean"] >= POSITIVE
+                                          and pos["low"] > 0),
+           "fixmatch_vs_unimatch": spread and {k: spread[k] for k in ("mean", "differences", "n")},
+           "predicted_half_width": half, "study_seeds": study_seeds,
+           "half_width_ok": half is not None and half <= HALF_WIDTH,
+           "minutes_per_run": {name: row["minutes"] for name, row in table.items()}}
+    out["passes"] = out["converged"] and out["positive_control_holds"] and out["half_width_ok"]
+    return out
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def calibrate(args, prov: dict, threads: int) -> dict:
+    """Phase 1: every candidate's baselines on the calibration seeds; the criteria and the pick."""
+    path = args.results.with_name(args.results.stem + "-calibration.json")
+    old = _load(path)
+    names = args.candidates or list(CANDIDATES)
+    jobs = [(n, flags, s, CANDIDATES[c][0], threads) for c in names for s in args.seeds
+            for n, flags in CALIBRATION_SETTINGS.items()]
+    per: dict = {c: {} for c in names}
+
+    def save(done) -> dict:
+        cands = dict(_load(path).get("candidates", old.get("candidates", {})))
+        for c in names:
+            if per[c]:
+                summary = summarise(per[c], CALIBRATION_SETTINGS, args.seeds, args.score_epochs, [(BASELINE, "supervised")])
+                cands[c] = {"args": CANDIDATES[c][0], "why": CANDIDATES[c][1], "seeds": args.seeds, **summary,
+                            "checks": checks(summary, len(STUDY_SEEDS))}
+        passing = [c for c, v in cands.items() if v["checks"]["passes"]]
+        chosen = min(passing, key=lambda c: cands[c]["checks"]["minutes_per_run"].get(BASELINE, 0), default=None)
+        out = {**{k: v for k, v in _load(path).items() if k in ("selection", "noise")}, "provenance": prov,
+               "score": f"mean validation mIoU of the last {args.score_epochs} epochs",
+               "criteria": {"converged": f"least-squares gain of the mean curve over the last quarter of the schedule "
+                                         f"below {CONVERGED} mIoU per epoch, supervised and {BASELINE}",
+                            "positive_control": f"{BASELINE} - supervised at least {POSITIVE} mIoU, its 95% paired "
+                                                f"interval excluding 0",
+                            "half_width": f"95% half-width predicted for {len(STUDY_SEEDS)} seeds from the spread of "
+                                          f"the paired {FIXMATCH} - {BASELINE} differences, at most {HALF_WIDTH} mIoU",
+                            "choice": "the cheapest passing candidate (minutes per UniMatch run)"},
+               "candidates": cands, "chosen": chosen}
+        path.write_text(json.dumps(out, indent=1))
+        return out
+
+    for c in names:  # candidate by candidate, each one's runs in parallel
+        run_all([j for j in jobs if j[3] == CANDIDATES[c][0]], args.out_root / "calibration" / c,
+                path.with_name(path.stem + "-runs") / c, prov, args.jobs,
+                lambda done, c=c: (per[c].update(done), save(done)))
+    return save({})
+
+
+def select(args, prov: dict, threads: int) -> dict:
+    """Phase 2: SPEEDLoss's weight, UniMatch + EntropyMix + SPEEDLoss on the calibration seeds at
+    the chosen run size; the best mean score wins."""
+    path = args.results.with_name(args.results.stem + "-calibration.json")
+    base = SETTINGS[SELECT_SETTING][:-len(SPEED)] + ["--speed"]
+    names = {f"{SELECT_SETTING}-w{w:g}": base + ["--speed-weight", str(w)] for w in SPEED_WEIGHTS}
+    jobs = [(n, flags, s, STUDY, threads) for s in args.seeds for n, flags in names.items()]
+
+    def save(done) -> dict:
+        summary = summarise(done, names, args.seeds, args.score_epochs, [])
+        means = {n: row["mean"] for n, row in summary["table"].items() if len(row["seeds"]) == len(args.seeds)}
+        best = max(means, key=means.get, default=None)
+        out = _load(path)
+        out["selection"] = {"setting": SELECT_SETTING, "weights": list(SPEED_WEIGHTS), "seeds": args.seeds,
+                            "args": STUDY, "provenance": prov, "table": summary["table"],
+                            "rule": "the weight with the best mean score over the calibration seeds",
+                            "chosen": None if best is None else SPEED_WEIGHTS[list(names).index(best)]}
+        path.write_text(json.dumps(out, indent=1))
+        return out
+
+    run_all(jobs, args.out_root / "selection", path.with_name(path.stem + "-runs") / "selection", prov, args.jobs,
+            save)
+    return _load(path)
+
+
+def noise(args, prov: dict, threads: int) -> dict:
+    """How far a run moves when nothing but rounding changes: the calibration seeds' baselines at the
+    study size again, with the same thread count (bit for bit?) and another one (the same
+    arithmetic, summed in another order)."""
+    path = args.results.with_name(args.results.stem + "-calibration.json")
+    other = 2 if threads == 1 else 1
+    jobs = [(n + suffix, SETTINGS[n], s, STUDY, t) for s in args.seeds for n in NOISE_SETTINGS
+            for suffix, t in (("", threads), ("-repeat", threads), (f"-threads{other}", other))]
+    out_root = args.out_root / "calibration" / _chosen_name()
+    kept = path.with_name(path.stem + "-runs") / _chosen_name()
+
+    def save(done) -> dict:
+        rows = {}
+        for n in NOISE_SETTINGS:
+            seeds = [s for s in args.seeds if (n, s) in done]
+            base = [score(done[n, s], args.score_epochs) for s in seeds]
+            row = {"seeds": seeds, "score": base, "seed_std": statistics.stdev(base) if len(base) > 1 else None}
+            for suffix in ("-repeat", f"-threads{other}"):
+                pairs = [(done[n, s], done[n + suffix, s]) for s in seeds if (n + suffix, s) in done]
+                row[suffix.lstrip("-")] = {
+                    "score_abs_diff": [abs(score(a, args.score_epochs) - score(b, args.score_epochs)) for a, b in pairs],
+                    "identical_curves": [[h["miou"] for h in a["history"]] == [h["miou"] for h in b["history"]]
+                                         for a, b in pairs]}
+            rows[n] = row
+        out = _load(path)
+        out["noise"] = {"args": STUDY, "provenance": prov, "threads": threads, "perturbed_threads": other,
+                        "score_epochs": args.score_epochs, "settings": rows}
+        path.write_text(json.dumps(out, indent=1))
+        return out
+
+    run_all(jobs, out_root, kept, prov, args.jobs, save)
+    return _load(path)
+
+
+def _chosen_name() -> str:
+    return next(c for c, (flags, _) in CANDIDATES.items() if flags == STUDY)
 
 
 def markdown(summary: dict) -> str:
@@ -253,180 +433,205 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-# What each comparison answers, for the report's findings (setting, reference) -> question.
+
+# What each comparison answers, for the report's findings: (setting, reference) -> question.
 QUESTIONS = {
-    ("unimatch+entropymix", BASELINE): "EntropyMix instead of CutMix inside UniMatch",
-    ("unimatch+entropymix", "unimatch+grid-random"): "the entropy selection (EntropyMix vs the same grid patches picked at random)",
-    ("unimatch+grid-random", BASELINE): "grid patches picked at random instead of CutMix",
-    ("unimatch+entropymix-max-max", "unimatch+entropymix"): "`max` instead of `sample` for the second stream",
-    ("unimatch+entropymix-3views", "unimatch+entropymix"): "mixing 3 views instead of 2",
-    ("unimatch+entropymix-grid2", "unimatch+entropymix"): "grid 2 instead of 4",
-    ("unimatch+entropymix-grid8", "unimatch+entropymix"): "grid 8 instead of 4",
-    ("unimatch+entropymix+speed", "unimatch+entropymix"): "SPEEDLoss (both terms) on top of EntropyMix",
-    ("unimatch+entropymix+speed-relation", "unimatch+entropymix"): "SPEEDLoss's relation term alone",
-    ("unimatch+entropymix+speed-logit", "unimatch+entropymix"): "SPEEDLoss's logit term alone",
-    ("unimatch+classmix", BASELINE): "ClassMix instead of CutMix",
-    ("unimatch+cutmix", "supervised"): "UniMatch + CutMix over the supervised baseline",
+    ("unimatch+entropymix", BASELINE): "Does EntropyMix beat CutMix (inside UniMatch)?",
+    ("unimatch+entropymix", "unimatch+grid-random"): "Does entropy selection beat random grid patches (the same "
+                                                     "grid, patches picked at random)?",
+    ("unimatch+entropymix-3views", "unimatch+entropymix"): "Do 3 views beat 2 (EntropyMix)?",
+    ("unimatch+entropymix+speed", "unimatch+entropymix"): "Does SPEEDLoss help with EntropyMix?",
+    ("unimatch+cutmix+speed", BASELINE): "Does SPEEDLoss help with CutMix?",
+    ("unimatch+classmix", BASELINE): "Does ClassMix beat CutMix?",
+    ("unimatch+grid-random", BASELINE): "Do random grid patches beat CutMix?",
+    (BASELINE, "supervised"): "Does UniMatch + CutMix beat supervised training (the positive control)?",
 }
 
 
 def _ci(d: dict) -> str:
     return (f"{d['mean']:+.2f} mIoU (95% CI {d['low']:+.2f} to {d['high']:+.2f}, {d['n']} seeds; paired t "
-            f"p = {d['p']:.3f}, Holm-adjusted {d['p_holm']:.2f})")
+            f"p = {d['p']:.3f}, Holm-adjusted {d['p_holm']:.3f})")
 
 
-def report(results: dict, calibration: Optional[dict] = None, total_runs: int = len(SETTINGS) * len(SEEDS)) -> str:
+def _answer(d: dict) -> str:
+    if d["p_holm"] < 0.05:
+        return "**yes**" if d["mean"] > 0 else "**no, it is worse**"
+    if d["low"] > 0 or d["high"] < 0:
+        return "not after Holm's correction (the uncorrected interval excludes 0)"
+    return "not distinguishable on this benchmark"
+
+
+def calibration_report(cal: dict) -> list:
+    cands = cal.get("candidates", {})
+    lines = ["**1. Calibration** (`--calibrate`, baselines only, calibration seeds; "
+             "`benchmarks/results/ablation-calibration.json`). Criteria: " + "; ".join(cal["criteria"].values()) + ".",
+             "", "| candidate | train.py flags | seeds | supervised | UniMatch + CutMix | FixMatch + CutMix | "
+             "UniMatch - supervised (95% CI) | last-quarter gain / epoch (sup., UniMatch) | predicted half-width | "
+             "min / UniMatch run | passes |", "|---|---|---:|---:|---:|---:|---|---|---:|---:|---|"]
+    for name, c in cands.items():
+        t, ch = c["table"], c["checks"]
+        pos, gain = ch["positive_control"], ch["last_quarter_gain_per_epoch"]
+        means = {n: f"{t[n]['mean']:.2f}" if n in t else "-" for n in CALIBRATION_SETTINGS}
+        ci = "-" if not pos or pos["low"] is None else f"{pos['mean']:+.2f} ({pos['low']:+.2f}, {pos['high']:+.2f})"
+        half = "-" if ch["predicted_half_width"] is None else f"{ch['predicted_half_width']:.2f}"
+        lines.append(f"| {name} | `{' '.join(c['args'])}` | {len(c['seeds'])} | {means['supervised']} | "
+                     f"{means[BASELINE]} | {means[FIXMATCH]} | {ci} | {gain.get('supervised', math.nan):+.2f}, "
+                     f"{gain.get(BASELINE, math.nan):+.2f} | {half} | "
+                     f"{ch['minutes_per_run'].get(BASELINE, math.nan):.1f} | {'yes' if ch['passes'] else 'no'} |")
+    lines += [""] + [f"- {name}: {c['why']}." for name, c in cands.items()]
+    chosen = cal.get("chosen")
+    lines += ["", f"Chosen: **{chosen}** ({cal['criteria']['choice']})." if chosen else
+              "No candidate passes every criterion yet: the study has no calibrated run size."]
+    return lines
+
+
+def selection_report(sel: dict) -> list:
+    lines = [f"**2. SPEEDLoss's weight** (`--select`; {sel['setting']} at the chosen run size, calibration seeds "
+             f"{', '.join(map(str, sel['seeds']))}; {sel['rule']}; the grid `SPEED_WEIGHTS` is declared in the code "
+             "and nothing else gets a tuning budget): ", "", "| --speed-weight | seeds | scores | mean |",
+             "|---:|---:|---|---:|"]
+    for w, row in zip(sel["weights"], sel["table"].values()):
+        lines.append(f"| {w:g} | {len(row['seeds'])} | {', '.join(f'{v:.2f}' for v in row['score'])} | "
+                     f"{row['mean']:.2f} |")
+    lines += ["", f"Chosen: `--speed-weight {sel['chosen']:g}`, used by every SPEEDLoss setting of the study."
+              if sel.get("chosen") is not None else "No weight chosen yet."]
+    return lines
+
+
+def noise_report(nz: dict) -> list:
+    parts = []
+    for name, row in nz["settings"].items():
+        rep, pert = row.get("repeat", {}), row.get(f"threads{nz['perturbed_threads']}", {})
+        same = ("bit-identical curves" if rep.get("identical_curves") and all(rep["identical_curves"]) else
+                "score differences " + ", ".join(f"{v:.2f}" for v in rep.get("score_abs_diff", [])))
+        moved = ", ".join(f"{v:.2f}" for v in pert.get("score_abs_diff", []))
+        std = "-" if row["seed_std"] is None else f"{row['seed_std']:.2f}"
+        parts.append(f"{name}: the same run again gives {same}; with {nz['perturbed_threads']} threads instead of "
+                     f"{nz['threads']} (the same arithmetic summed in another order) the score moves by {moved} mIoU "
+                     f"(std over the calibration seeds: {std})")
+    return ["**Noise** (`--noise`: the calibration seeds' baselines at the chosen size, run again): " + "; ".join(parts)
+            + ". A change of rounding alone moves a run: the noise that matters is the spread over seeds, which "
+              "the pairing by seed and the t-intervals account for."]
+
+
+def report(results: dict, calibration: Optional[dict] = None, total_runs: int = len(SETTINGS) * len(STUDY_SEEDS)) -> str:
     """The README's ablation section, every number read from ``results`` (``ablation.json``) and
-    ``calibration`` (``--noise`` output); findings only from intervals that exclude 0."""
-    args = results["extra_args"]
-    size = " ".join(args)
-    table, diffs = results["table"], [d for d in results["differences"] if d["low"] is not None]
-    lines = [
-        "`python benchmarks/ablation.py --jobs 2` trains the example under "
-        f"{len(SETTINGS)} settings x {len(results['seeds'])} seeds: supervised only; UniMatch with CutMix, ClassMix, "
-        "grid patches picked at random (the control: entropy ignored), EntropyMix (streams `max`/`sample`, and "
-        "`max`/`max`), EntropyMix over 3 views, grids 2 and 8 (4 is the default), and EntropyMix + SPEEDLoss with "
-        "both terms, the relation term only, and the logit term only. The seed fixes the labeled set, the data order "
-        "and every random draw, the same for every setting, so settings are compared paired by seed. Run size "
-        f"(`ablation.STUDY`, train.py flags `{size}`): the example's data and recipe with a narrower model and "
-        f"fewer unlabeled images. A run's score is the {results['score']}; a paired difference is reported with its "
-        "95% t-interval over seeds, and one whose interval contains 0 is \"not distinguishable on this benchmark\", "
-        "whatever its mean.",
-        "",
-    ]
-    prov = results.get("provenance")
-    if prov:
-        lines[-2] += (" Every run was trained on one machine with one code base: training code fingerprint "
-                      f"`{prov['code']}` (`entropymix/` and `examples/`), torch {prov['torch']}, CPU kernels at "
-                      f"{prov['cpu']}. A kept run of other code, torch or CPU is trained again, never mixed in: another "
-                      "vector ISA rounds differently, and rounding alone moves a run's curve.")
-    if calibration and calibration.get("noise"):
-        n = calibration["noise"]
-        same = ", ".join(f"{v:.2f}" for v in n["same_seed_abs_diff"])
-        repeat = ("the same seed run twice gives the same curve bit for bit (score differences "
-                  f"{same} mIoU), so there is no run-to-run noise and the noise is the spread over seeds"
-                  if not any(n["same_seed_abs_diff"]) else
-                  f"the same seed run twice differs by {same} mIoU (score), on top of the spread over seeds")
-        where = "" if calibration.get("provenance") == prov else " (measured with other code or on another machine)"
-        lines += [f"**Noise floor** (`python benchmarks/ablation.py --noise`, `benchmarks/results/ablation-calibration.json`; "
-                  f"{n['setting']} with `{' '.join(n['extra_args'])}`, seeds {', '.join(map(str, n['seeds']))}{where}): "
-                  f"{repeat}: {n['seed_std_score']:.2f} mIoU (std of the mean of the last {n['score_epochs']} epochs) and "
-                  f"{n['seed_std_final']:.2f} (final epoch)."]
-    spreads = ", ".join(f"{k} {table[k]['std']:.2f}" for k in (BASELINE, "unimatch+entropymix") if k in table
-                        and len(table[k]["seeds"]) > 1)
-    widths = [d["high"] - d["low"] for d in diffs]
-    if spreads and widths:
-        lines[-1] += (f" In the study itself the std over seeds is {spreads} mIoU, and the 95% intervals of the paired "
-                      f"differences are {min(widths):.1f} to {max(widths):.1f} mIoU wide: differences smaller than "
-                      "about half that width cannot be resolved here.")
+    ``calibration`` (``ablation-calibration.json``); findings only from intervals that exclude 0."""
+    cal = calibration or {}
+    lines = ["The study runs in three phases, each resumable (`python benchmarks/ablation.py --calibrate`, "
+             "`--select`, then `--jobs 2` for the study; `--report` prints this section from the JSON files). The seed "
+             "fixes the labeled set, the data order and every random draw, the same for every setting, so settings are "
+             f"compared paired by seed. A run's score is the {results['score']}; a paired difference is reported with its "
+             "95% t-interval over seeds and Holm's correction over all comparisons, and one whose interval contains 0 "
+             "is \"not distinguishable on this benchmark\", whatever its mean.", ""]
+    if cal.get("candidates"):
+        lines += calibration_report(cal) + [""]
+    if cal.get("selection"):
+        lines += selection_report(cal["selection"]) + [""]
+    if cal.get("noise"):
+        lines += noise_report(cal["noise"]) + [""]
+    prov, table = results.get("provenance") or {}, results["table"]
+    diffs = [d for d in results["differences"] if d["low"] is not None]
     done = results["finished_runs"]
     status = ("all runs finished" if done >= total_runs else
               f"{done} of {total_runs} runs finished; the study resumes where it stopped, in this checkout or a new one "
               "(each finished run is kept in `benchmarks/results/ablation-runs/`)")
-    lines += ["", f"**Status: {status}.** Minutes per run were measured with two runs sharing the two cores, at times with tests running beside them.", "",
-              markdown(results), "", "![paired differences](benchmarks/results/ablation.png)", ""]
-    found, unclear = [], []
-    for (a, b), question in QUESTIONS.items():
-        d = next((d for d in diffs if (d["setting"], d["reference"]) == (a, b)), None)
-        if d is None:
-            continue
-        if d["low"] > 0:
-            found.append(f"- {question}: **helped**, {_ci(d)}.")
-        elif d["high"] < 0:
-            found.append(f"- {question}: **hurt**, {_ci(d)}.")
-        else:
-            unclear.append(f"- {question}: {_ci(d)}.")
-    lines += ["**What this benchmark shows.** Intervals that exclude 0:", ""]
-    lines += found or ["- none."]
-    lines += ["", "Not distinguishable on this benchmark (the interval contains 0, whatever the sign of the mean):", ""]
-    lines += unclear or ["- none."]
+    lines += [f"**3. The study** (held-out seeds {', '.join(map(str, results['seeds']))}, never used by phases 1 and 2; "
+              f"train.py flags `{' '.join(results['extra_args'])}`; training code `{prov.get('code')}`, torch "
+              f"{prov.get('torch')}, {prov.get('cpu_model')} ({prov.get('cpu')}), one thread per run). "
+              f"**Status: {status}.**", "", markdown(results), "",
+              "![paired differences](benchmarks/results/ablation.png)", ""]
+    gains = convergence(table) if table else {}
+    if gains:
+        worst = max(gains, key=gains.get)
+        lines += [f"Convergence: the largest gain per epoch over the last quarter of a setting's mean curve is "
+                  f"{gains[worst]:+.2f} mIoU ({worst}; criterion: below {CONVERGED}). "
+                  "`benchmarks/results/ablation-curves.png` plots the curves."]
+    mixed = {n: row["mixing"] for n, row in table.items() if row.get("mixing")}
+    if mixed:
+        parts = []
+        for n, runs in mixed.items():
+            last = [epochs[-1] for epochs in runs.values()]  # final epoch, per seed: one record per stream
+            share = [statistics.mean(r[s]["view_share"][0] for r in last) for s in range(len(last[0]))]
+            whole = [statistics.mean(r[s]["whole_sample_share"] for r in last) for s in range(len(last[0]))]
+            parts.append(f"{n} " + ", ".join(f"stream {s + 1}: {100 * a:.0f}% from the strong view itself, "
+                                              f"{100 * w:.0f}% of samples whole" for s, (a, w) in enumerate(zip(share, whole))))
+        lines[-1] += (" What the mixers did in the final epoch (mean over seeds; per epoch in the JSON): "
+                      + "; ".join(parts) + ".")
+    by_pair = {(d["setting"], d["reference"]): d for d in diffs}
+    answers = [f"- {q} {_answer(by_pair[k])}: {_ci(by_pair[k])}." for k, q in QUESTIONS.items() if k in by_pair]
     distinct = {frozenset((d["setting"], d["reference"])) for d in diffs}
-    kept = [QUESTIONS[d["setting"], d["reference"]] for d in diffs
-            if (d["setting"], d["reference"]) in QUESTIONS and d["p_holm"] < 0.05]
-    m = len(distinct)
-    lines += ["", f"These are {m} distinct comparisons at 95% each: were no setting different from another, about "
-              f"{0.05 * m:.1f} of them would exclude 0 by chance alone. Corrected for all {m} (Holm), "
-              + (f"{len(kept)} finding(s) hold at the 5% level: {'; '.join(kept)}." if kept else
-                 ("none of the findings above holds at the 5% level: they are leads for a larger study, not results."
-                  if found else "nothing holds at the 5% level, before or after the correction."))
-              + " This is a small "
-              "from-scratch benchmark on CPU (a width-16 model on the embedded `shapes` data), not a replication of the "
-              "paper's VOC and Cityscapes results, which need a pretrained ResNet-101 DeepLabV3+. "
-              "`benchmarks/results/ablation-curves.png` plots the mean mIoU per epoch of every setting"]
-    if BASELINE in table:
-        curve = [statistics.mean(c) for c in zip(*table[BASELINE]["curves"].values())]
-        if len(curve) > SCORE_EPOCHS:
-            rise = curve[-1] - curve[-1 - SCORE_EPOCHS]
-            lines[-1] += (f"; {BASELINE}'s mean curve still rises {rise:+.1f} mIoU over its last {SCORE_EPOCHS} epochs, "
-                          "so at this run size the study compares runs that have not converged")
-    lines[-1] += "."
+    if answers:
+        lines += ["", f"**What this benchmark shows** (Holm over all {len(distinct)} distinct comparisons):", ""] + answers
+    key = by_pair.get(("unimatch+entropymix", BASELINE))
+    if key:
+        half = (key["high"] - key["low"]) / 2
+        lines += ["", f"The 95% half-width of EntropyMix vs CutMix is {half:.2f} mIoU over {key['n']} seeds (goal: at most "
+                  f"{HALF_WIDTH})" + ("." if half <= HALF_WIDTH else
+                                      f"; at this spread about {math.ceil(key['n'] * (half / HALF_WIDTH) ** 2)} seeds "
+                                      "would reach it.")]
+    lines += ["", "This is a small from-scratch benchmark on CPU (a narrow model on the embedded `shapes` data), not a "
+              "replication of the paper's VOC and Cityscapes results, which need a pretrained ResNet-101 DeepLabV3+."]
     return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, nargs="+", default=SEEDS)
+    phase = ap.add_mutually_exclusive_group()
+    phase.add_argument("--calibrate", action="store_true", help="phase 1: every candidate's baselines")
+    phase.add_argument("--select", action="store_true", help="phase 2: SPEEDLoss's weight on the calibration seeds")
+    phase.add_argument("--noise", action="store_true", help="the baselines again: same threads, then other threads")
+    phase.add_argument("--report", action="store_true",
+                       help="print the README section from the saved JSON files; trains nothing")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="default: the calibration seeds for --calibrate / --select / --noise, else the held-out ones")
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    ap.add_argument("--noise", action="store_true",
-                    help=f"measure the noise floor: {NOISE_SETTING} twice per seed (same seed, same code)")
+    ap.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), help="with --calibrate: these only")
     ap.add_argument("--score-epochs", type=int, default=SCORE_EPOCHS,
                     help="a run's score: mean mIoU of its last N epochs")
     ap.add_argument("--out-root", type=Path, default=ROOT / "runs" / "ablation")
-    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "ablation.json")
-    ap.add_argument("--quick", action="store_true", help="tiny smoke run")
+    ap.add_argument("--results", type=Path, default=RESULTS / "ablation.json")
+    ap.add_argument("--quick", action="store_true", help="tiny smoke run of the study")
     ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (each gets cores / jobs threads)")
-    ap.add_argument("--report", action="store_true",
-                    help="print the README section from the saved JSON (and the calibration beside it); trains nothing")
-    args, extra = ap.parse_known_args(argv)
+    args, extra = ap.parse_known_args(argv)  # anything else goes to train.py (e.g. --epochs 20)
+    calibration = args.results.with_name(args.results.stem + "-calibration.json")
     if args.report:
-        calibration = args.results.with_name(args.results.stem + "-calibration.json")
         results = json.loads(args.results.read_text())
-        print(report(results, json.loads(calibration.read_text()) if calibration.exists() else None))
+        print(report(results, _load(calibration)))
         here = provenance()
         if results.get("provenance") != here:  # the README would describe other code or another machine
             print(f"ablation.py: the study in {args.results} was trained with {results.get('provenance')}, this "
                   f"checkout is {here}: rerun `python benchmarks/ablation.py --jobs 2` before quoting it",
                   file=sys.stderr)
-        return {}  # anything else goes to train.py (e.g. --epochs 20)
-    extra = (QUICK if args.quick else STUDY) + extra  # later flags win: extra args override the study size
+        return {}
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    if args.noise:
-        jobs = [(n, s) for s in args.seeds for n in (NOISE_SETTING, NOISE_SETTING + "-repeat")]
-    else:  # seed-major: a partial study holds whole seeds of every setting
-        jobs = [(n, s) for s in args.seeds for n in args.settings]
-    old = json.loads(args.results.read_text()) if args.results.exists() else {}
     prov = provenance()
-    done: dict = {}
+    if args.calibrate or args.select or args.noise:
+        args.seeds = args.seeds or CALIBRATION_SEEDS
+        out = (calibrate if args.calibrate else select if args.select else noise)(args, prov, threads)
+        key = "candidates" if args.calibrate else "selection" if args.select else "noise"
+        print(json.dumps({c: v["checks"] for c, v in out[key].items()} if args.calibrate else out[key], indent=1)[:4000])
+        return out
+    args.seeds = args.seeds or STUDY_SEEDS
+    extra = (QUICK if args.quick else STUDY) + extra  # later flags win: extra args override the study size
+    jobs = [(n, SETTINGS[n], s, extra, threads) for s in args.seeds for n in args.settings]  # seed-major
     summary: dict = {}
 
-    def save():
+    def save(done) -> None:
         nonlocal summary
         summary = summarise(done, args.settings, args.seeds, args.score_epochs)
-        out = {**{k: v for k, v in old.items() if k == "noise"}, "extra_args": extra, "provenance": prov,
-               "seeds": args.seeds,
+        out = {"extra_args": extra, "provenance": prov, "threads": threads, "seeds": args.seeds,
                "score": f"mean validation mIoU of the last {args.score_epochs} epochs", **summary,
-               "finished_runs": len([k for k in done if not k[0].endswith("-repeat")])}
-        if args.noise:
-            out["noise"] = noise_floor(done, args.seeds, args.score_epochs)
-            out.update({k: v for k, v in old.items() if k not in ("noise", "extra_args")})
-            out["noise"]["extra_args"] = extra
+               "finished_runs": len(done)}
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(out, indent=1))
-        return out
 
-    with ThreadPoolExecutor(args.jobs) as pool:
-        kept = args.results.with_name(args.results.stem + "-runs")
-        futures = {pool.submit(run, n, s, args.out_root, extra, threads, kept, prov): (n, s) for n, s in jobs}
-        for fut in as_completed(futures):
-            done[futures[fut]] = fut.result()
-            save()  # the partial study is on disk as it grows
-    out = save()
-    if args.noise:
-        print(json.dumps(out["noise"], indent=1))
-    else:
-        print("\n" + markdown(summary))
-        plot(summary, args.results.with_suffix(".png"), args.results.with_name(args.results.stem + "-curves.png"))
-        print(f"\nwrote {args.results} and its plots")
+    done = run_all(jobs, args.out_root / "study", args.results.with_name(args.results.stem + "-runs"), prov,
+                   args.jobs, save)
+    save(done)
+    print("\n" + markdown(summary))
+    plot(summary, args.results.with_suffix(".png"), args.results.with_name(args.results.stem + "-curves.png"))
+    print(f"\nwrote {args.results} and its plots")
     return summary["table"]
 
 

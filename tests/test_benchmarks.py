@@ -69,9 +69,63 @@ def test_ablation_quick_is_resumable_paired_and_saves_as_it_grows(tmp_path, caps
     assert "rerun `python benchmarks/ablation.py --jobs 2`" in capsys.readouterr().err
     ablation.main(args + ["--report"])  # the README section, from the JSON alone
     text = capsys.readouterr().out
-    assert "examples/train.py" not in text and "| setting |" in text and f"6 of {12 * len(ablation.SEEDS)} runs finished" in text
+    assert "examples/train.py" not in text and "| setting |" in text and f"6 of {len(ablation.SETTINGS) * len(ablation.STUDY_SEEDS)} runs finished" in text
     verdicts = [line for line in text.splitlines() if line.startswith("- ") and "mIoU (95% CI" in line]
     assert len(verdicts) == 2  # ClassMix vs CutMix, CutMix vs supervised: each once, under its finding
+
+
+def test_calibration_selection_and_noise_phases_write_their_verdicts(tmp_path, monkeypatch, capsys):
+    """The three phases end to end at the smoke size: calibration on baselines only, the weight
+    picked from the declared grid, the rounding-only reruns, and the report reading all of them."""
+    monkeypatch.setattr(ablation, "CANDIDATES", {"tiny": (ablation.QUICK, "the smoke size")})
+    monkeypatch.setattr(ablation, "STUDY", ablation.QUICK)
+    results = tmp_path / "ablation.json"
+    common = ["--out-root", str(tmp_path / "runs"), "--results", str(results), "--score-epochs", "1", "--jobs", "2"]
+    cal = ablation.main(["--calibrate", "--seeds", "0", "1"] + common)
+    tiny = cal["candidates"]["tiny"]
+    assert set(tiny["table"]) == set(ablation.CALIBRATION_SETTINGS)  # no EntropyMix, no SPEEDLoss
+    trained = [line for line in capsys.readouterr().out.splitlines() if "train.py" in line]
+    assert len(trained) == 6 and not any("entropymix" in line or "--speed " in line for line in trained)
+    checks = tiny["checks"]
+    assert checks["passes"] == (checks["converged"] and checks["positive_control_holds"] and checks["half_width_ok"])
+    assert cal["chosen"] == ("tiny" if checks["passes"] else None)
+    sel = ablation.main(["--select", "--seeds", "0"] + common)["selection"]
+    assert sel["chosen"] in ablation.SPEED_WEIGHTS and len(sel["table"]) == len(ablation.SPEED_WEIGHTS)
+    best = max(sel["table"].values(), key=lambda row: row["mean"])
+    assert best is list(sel["table"].values())[ablation.SPEED_WEIGHTS.index(sel["chosen"])]
+    capsys.readouterr()
+    nz = ablation.main(["--noise", "--seeds", "0"] + common)["noise"]
+    trained = [line for line in capsys.readouterr().out.splitlines() if "train.py" in line]
+    assert len(trained) == 2 * len(ablation.NOISE_SETTINGS)  # the base runs are the calibration's, reused
+    for row in nz["settings"].values():
+        assert row["repeat"]["identical_curves"] == [True] and row["repeat"]["score_abs_diff"] == [0.0]
+        assert len(row[f"threads{nz['perturbed_threads']}"]["score_abs_diff"]) == 1
+    saved = json.loads(results.with_name("ablation-calibration.json").read_text())
+    assert {"candidates", "chosen", "selection", "noise"} <= set(saved)
+    ablation.main(["--quick", "--seeds", "0", "1", "--settings", "supervised", "unimatch+cutmix"] + common)
+    capsys.readouterr()
+    ablation.main(["--report"] + common)
+    text = capsys.readouterr().out
+    assert "**1. Calibration**" in text and "**2. SPEEDLoss's weight**" in text and "**Noise**" in text
+    assert "| tiny |" in text and f"`--speed-weight {sel['chosen']:g}`" in text
+
+
+def test_calibration_criteria():
+    assert ablation.slope([0, 0, 0, 0, 1, 2, 3, 4]) == pytest.approx(1.0)  # the last quarter: 3, 4
+    assert ablation.slope([5.0] * 12) == 0.0
+    half = ablation.predicted_half_width([1.0, 2.0, 3.0], 8)
+    assert half == pytest.approx(2.365 * 1.0 / math.sqrt(8))
+
+
+def test_study_constants_are_the_calibration_and_selection_choices():
+    """The study runs at the calibrated size with the selected weight, on seeds neither phase used."""
+    saved = json.loads((BENCH / "results" / "ablation-calibration.json").read_text())
+    assert ablation.STUDY == ablation.CANDIDATES[saved["chosen"]][0]
+    assert ablation.SPEED_WEIGHT == saved["selection"]["chosen"]
+    used = set(saved["selection"]["seeds"]) | {s for c in saved["candidates"].values() for s in c["seeds"]}
+    assert not used & set(ablation.STUDY_SEEDS) and len(ablation.STUDY_SEEDS) >= 8
+    for name in ("unimatch+entropymix+speed", "unimatch+cutmix+speed"):
+        assert ablation.SETTINGS[name][-2:] == ["--speed-weight", str(ablation.SPEED_WEIGHT)]
 
 
 def test_t_test_p_is_students_t_and_holm_steps_down():
