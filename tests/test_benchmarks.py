@@ -40,6 +40,13 @@ def test_ablation_quick_is_resumable_paired_and_saves_as_it_grows(tmp_path, caps
     table = ablation.main(args)
     assert set(table) == {"supervised", "unimatch+cutmix", "unimatch+classmix"}
     assert all(len(row["score"]) == 2 and len(row["curves"]["0"]) == 2 for row in table.values())
+    # What the mixers did, per seed, epoch and stream: each view's mean share, samples taken whole.
+    assert "mixing" not in table["supervised"]
+    for name in ("unimatch+cutmix", "unimatch+classmix"):
+        epochs = table[name]["mixing"]["1"]
+        assert len(epochs) == 2 and all(len(streams) == 2 for streams in epochs)
+        assert all(sum(m["view_share"]) == pytest.approx(1.0) and 0 <= m["whole_sample_share"] <= 1
+                   for streams in epochs for m in streams)
     saved = json.loads(results.read_text())
     diff = next(d for d in saved["differences"] if d["setting"] == "unimatch+classmix")
     assert diff["reference"] == "unimatch+cutmix" and diff["n"] == 2 and diff["low"] <= diff["mean"] <= diff["high"]
@@ -118,14 +125,22 @@ def test_calibration_criteria():
 
 
 def test_study_constants_are_the_calibration_and_selection_choices():
-    """The study runs at the calibrated size with the selected weight, on seeds neither phase used."""
+    """The study runs at the calibrated size with the selected weight, on seeds neither phase used;
+    no SPEEDLoss setting runs before its weight is selected."""
     saved = json.loads((BENCH / "results" / "ablation-calibration.json").read_text())
-    assert ablation.STUDY == ablation.CANDIDATES[saved["chosen"]][0]
-    assert ablation.SPEED_WEIGHT == saved["selection"]["chosen"]
-    used = set(saved["selection"]["seeds"]) | {s for c in saved["candidates"].values() for s in c["seeds"]}
+    study = ablation._load(BENCH / "results" / "ablation.json") or {"table": {}}  # {}: not started
+    assert saved["chosen"] and ablation.STUDY == ablation.CANDIDATES[saved["chosen"]][0]
+    if study["table"]:
+        assert study["extra_args"] == ablation.STUDY and study["seeds"] == ablation.STUDY_SEEDS
+        assert study["provenance"]["code"] == saved["provenance"]["code"]  # calibrated on the code it tests
+    used = {s for c in saved["candidates"].values() for s in c["seeds"]} | set(saved.get("selection", {}).get("seeds", []))
     assert not used & set(ablation.STUDY_SEEDS) and len(ablation.STUDY_SEEDS) >= 8
     for name in ("unimatch+entropymix+speed", "unimatch+cutmix+speed"):
         assert ablation.SETTINGS[name][-2:] == ["--speed-weight", str(ablation.SPEED_WEIGHT)]
+    if saved.get("selection", {}).get("chosen") is not None:
+        assert ablation.SPEED_WEIGHT == saved["selection"]["chosen"]
+    else:
+        assert not [n for n in study["table"] if "+speed" in n]
 
 
 def test_t_test_p_is_students_t_and_holm_steps_down():
@@ -152,7 +167,7 @@ def test_readme_benchmark_sections_are_generated_from_the_saved_json():
     readme = (BENCH.parent / "README.md").read_text()
     results = BENCH / "results"
     assert speed.report(json.loads((results / "speed-cpu.json").read_text())) in readme
-    study = ablation.report(json.loads((results / "ablation.json").read_text()),
+    study = ablation.report(ablation._load(results / "ablation.json") or None,
                             json.loads((results / "ablation-calibration.json").read_text()))
     assert study in readme
 
