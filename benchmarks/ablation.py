@@ -517,8 +517,10 @@ def noise_report(nz: dict) -> list:
                      f"{nz['threads']} (the same arithmetic summed in another order) the score moves by {moved} mIoU "
                      f"(std of the score over the calibration seeds: {std})")
     return ["**Noise** (`--noise`: the calibration seeds' baselines at the chosen size, run again): " + "; ".join(parts)
-            + ". A change of rounding alone moves a run: the noise that matters is the spread over seeds, which "
-              "the pairing by seed and the t-intervals account for."]
+            + ". A change of rounding alone moves a run's score by about as much as a new seed, or more: no single run "
+              "means anything on its own, only differences over many seeds do (the t-intervals below are over seeds; a "
+              "rounding change is one more source of the spread they measure, and one perturbed rerun per baseline "
+              "does not say how large it is in general)."]
 
 
 _SCOPE = ("This is a small from-scratch benchmark on CPU (a narrow model on the embedded `shapes` data), not a "
