@@ -314,13 +314,19 @@ def checks(summary: dict, study_seeds: int) -> dict:
     return out
 
 
+def _calibration(args) -> Path:
+    """Where phases 1 and 2 and the noise reruns write (beside the study's JSON); their runs are kept
+    under ``<stem>-runs/``."""
+    return args.results.with_name(args.results.stem + "-calibration.json")
+
+
 def _load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
 def calibrate(args, prov: dict, threads: int) -> dict:
     """Phase 1: every candidate's baselines on the calibration seeds; the criteria and the pick."""
-    path = args.results.with_name(args.results.stem + "-calibration.json")
+    path = _calibration(args)
     old = _load(path)
     names = args.candidates or list(CANDIDATES)
     jobs = [(n, flags, s, CANDIDATES[c][0], threads) for c in names for s in args.seeds
@@ -360,7 +366,7 @@ def calibrate(args, prov: dict, threads: int) -> dict:
 def select(args, prov: dict, threads: int) -> dict:
     """Phase 2: SPEEDLoss's weight, UniMatch + EntropyMix + SPEEDLoss on the calibration seeds at
     the chosen run size; the best mean score wins."""
-    path = args.results.with_name(args.results.stem + "-calibration.json")
+    path = _calibration(args)
     base = SETTINGS[SELECT_SETTING][:-len(SPEED)] + ["--speed"]
     names = {f"{SELECT_SETTING}-w{w:g}": base + ["--speed-weight", str(w)] for w in SPEED_WEIGHTS}
     jobs = [(n, flags, s, STUDY, threads) for s in args.seeds for n, flags in names.items()]
@@ -386,7 +392,7 @@ def noise(args, prov: dict, threads: int) -> dict:
     """How far a run moves when nothing but rounding changes: the calibration seeds' baselines at the
     study size again, with the same thread count (bit for bit?) and another one (the same
     arithmetic, summed in another order)."""
-    path = args.results.with_name(args.results.stem + "-calibration.json")
+    path = _calibration(args)
     other = 2 if threads == 1 else 1
     jobs = [(n + suffix, SETTINGS[n], s, STUDY, t) for s in args.seeds for n in NOISE_SETTINGS
             for suffix, t in (("", threads), ("-repeat", threads), (f"-threads{other}", other))]
@@ -624,7 +630,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true", help="tiny smoke run of the study")
     ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (each gets cores / jobs threads)")
     args, extra = ap.parse_known_args(argv)  # anything else goes to train.py (e.g. --epochs 20)
-    calibration = args.results.with_name(args.results.stem + "-calibration.json")
+    calibration = _calibration(args)
     if args.report:
         results = _load(args.results) or None
         print(report(results, _load(calibration)))
@@ -694,10 +700,8 @@ def plot(summary: dict, diff_path: Path, curve_path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 4))
     colours = plt.get_cmap("tab20")
     for i, (name, row) in enumerate(summary["table"].items()):
-        curves = list(row["curves"].values())
-        n = min(len(c) for c in curves)
-        mean = [statistics.mean(c[e] for c in curves) for e in range(n)]
-        ax.plot(range(1, n + 1), mean, label=f"{name} ({len(curves)} seeds)", lw=1.2, color=colours(i),
+        mean = mean_curve(row)
+        ax.plot(range(1, len(mean) + 1), mean, label=f"{name} ({len(row['curves'])} seeds)", lw=1.2, color=colours(i),
                 ls="-" if i % 2 == 0 else "--")
     ax.set(xlabel="epoch", ylabel="val mIoU (%), mean over seeds")
     ax.xaxis.get_major_locator().set_params(integer=True)
