@@ -117,7 +117,8 @@ def test_entropy_weights_are_in_unit_interval(K, seed, sharp):
     p = t.double().softmax(1)
     w = 1 + (p * p.log()).nan_to_num().sum() / math.log(K)
     assert -1e-6 <= w <= 1 + 1e-6
-    torch.testing.assert_close(weighted, w * plain, rtol=1e-4, atol=1e-7)
+    # The library's weight is float32: 1 - H / log K carries ~1e-7 absolute rounding, times the loss.
+    torch.testing.assert_close(weighted, w * plain, rtol=1e-4, atol=2e-7 * max(1.0, float(plain)))
     if sharp == 0.0:  # a uniform teacher carries no knowledge: weight 0
         assert weighted.abs() < 1e-6
 
