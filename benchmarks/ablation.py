@@ -661,12 +661,13 @@ def main(argv=None) -> dict:
                "finished_runs": len(done)}
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(out, indent=1))
+        # the plots follow the JSON, so a partial study's README shows what it reads
+        plot(summary, args.results.with_suffix(".png"), args.results.with_name(args.results.stem + "-curves.png"))
 
     done = run_all(jobs, args.out_root / "study", args.results.with_name(args.results.stem + "-runs"), prov,
                    args.jobs, save)
     save(done)
     print("\n" + markdown(summary))
-    plot(summary, args.results.with_suffix(".png"), args.results.with_name(args.results.stem + "-curves.png"))
     print(f"\nwrote {args.results} and its plots")
     return summary["table"]
 
