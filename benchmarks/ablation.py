@@ -21,7 +21,9 @@ Each run is ``examples/train.py`` in its own process, writing to ``runs/<phase>/
 A finished run (``results.json`` present) is skipped and an interrupted one resumes from its
 checkpoint, so every phase can span several sittings; the JSON is rewritten after every finished
 run, and each run's results are kept beside it (``*-runs/``), so a partial phase is saved as it
-grows and a new checkout resumes it.
+grows and a new checkout resumes it. A study may span machines: a kept run of the same code and
+torch counts on any CPU (the seed draws the same data and weights everywhere, up to rounding), and
+the report says how many runs each machine trained.
 
 The seed fixes the labeled set, the data order and every random draw, identically for every
 setting, so settings are compared *paired by seed*. A run's score is the mean validation mIoU of
@@ -41,6 +43,7 @@ import os
 import statistics
 import subprocess
 import sys
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Optional
@@ -176,7 +179,7 @@ def provenance() -> dict:
     """What a run's numbers depend on besides its arguments: the training code (the package and
     the example), the torch version, the CPU's vector ISA and its model. The same seed gives the same
     curve bit for bit only when all of them agree (and the thread count: see ``--noise``), so a kept
-    run counts only for the same provenance, and no phase mixes runs of different code or machines."""
+    run counts only for the same provenance (the study's: the same computation, see ``same_computation``)."""
     import torch
     digest = hashlib.sha256()
     for f in sorted([*ROOT.glob("entropymix/*.py"), *ROOT.glob("examples/*.py")]):
@@ -199,17 +202,32 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def same_computation(a: dict, b: dict) -> bool:
+    """Whether runs of provenances ``a`` and ``b`` compute the same thing, rounding aside: the same
+    training code and torch. The CPU only rounds: on every vector ISA a seed draws the same labeled
+    set, data order, augmentations and initial weights, equal up to the last bits
+    (``tests/test_benchmarks.py`` checks it), so a run trained on another machine is a draw of the
+    rounding noise that ``--noise`` measures, paired with its seed's other runs as well as any."""
+    return a.get("code") == b.get("code") and a.get("torch") == b.get("torch")
+
+
+def machine(prov: dict) -> str:
+    return f"{prov.get('cpu_model')} ({prov.get('cpu')})"
+
+
 def run(name: str, setting: list, seed: int, out_root: Path, extra: list, threads: int, kept: Path,
-        prov: dict) -> dict:
+        prov: dict, any_machine: bool = False) -> dict:
     """One run's results: kept from an earlier sitting (the copy beside the JSON, for the same
-    train.py arguments, thread count and provenance), else trained (resuming its checkpoint) and kept."""
+    train.py arguments, thread count and provenance; ``any_machine``: the same computation on any
+    CPU, the copy keeping its own), else trained (resuming its checkpoint) and kept."""
     out = out_root / prov["code"] / f"{name}-s{seed}"  # a checkpoint of other code is never resumed
     result = out / "results.json"
     copy = kept / f"{name}-s{seed}.json"
     if not result.exists() and copy.exists():
         saved = json.loads(copy.read_text())
         if (saved.get("study_args") == extra and saved.get("setting_args", setting) == setting
-                and saved.get("threads", 1) == threads and saved.get("provenance") == prov):
+                and saved.get("threads", 1) == threads
+                and (saved.get("provenance") == prov or any_machine and same_computation(saved.get("provenance") or {}, prov))):
             return saved
     if not result.exists():
         cmd = [sys.executable, str(TRAIN), *setting, "--seed", str(seed), "--out-dir", str(out),
@@ -224,12 +242,12 @@ def run(name: str, setting: list, seed: int, out_root: Path, extra: list, thread
     return data
 
 
-def run_all(jobs: list, out_root: Path, kept: Path, prov: dict, n_jobs: int, save) -> dict:
+def run_all(jobs: list, out_root: Path, kept: Path, prov: dict, n_jobs: int, save, any_machine: bool = False) -> dict:
     """Train ``jobs`` ``[(name, setting flags, seed, size flags, threads)]`` ``n_jobs`` at a time;
     ``save(done)`` after every finished run, so a partial phase is on disk as it grows."""
     done: dict = {}
     with ThreadPoolExecutor(n_jobs) as pool:
-        futures = {pool.submit(run, name, setting, seed, out_root, extra, threads, kept, prov): (name, seed)
+        futures = {pool.submit(run, name, setting, seed, out_root, extra, threads, kept, prov, any_machine): (name, seed)
                    for name, setting, seed, extra, threads in jobs}
         for fut in as_completed(futures):
             done[futures[fut]] = fut.result()
@@ -312,6 +330,11 @@ def checks(summary: dict, study_seeds: int) -> dict:
            "minutes_per_run": {name: row["minutes"] for name, row in table.items()}}
     out["passes"] = out["converged"] and out["positive_control_holds"] and out["half_width_ok"]
     return out
+
+
+def machines(runs) -> dict:
+    """How many of ``runs`` each machine trained."""
+    return dict(Counter(machine(r["provenance"]) for r in runs).most_common())
 
 
 def _calibration(args) -> Path:
@@ -569,6 +592,10 @@ def report(results: Optional[dict], calibration: Optional[dict] = None, total_ru
                           "SPEEDLoss settings).")
         return "\n".join(lines + ["", _SCOPE])
     prov, table = results.get("provenance") or {}, results["table"]
+    trained = results.get("machines") or {machine(prov): results["finished_runs"]}
+    on = (next(iter(trained)) if len(trained) == 1 else
+          ", ".join(f"{m} for {k} run{'s' * (k != 1)}" for m, k in trained.items()) + "; a seed's runs on two machines differ by "
+          "rounding only, a perturbation the noise measurement above sizes")
     diffs = [d for d in results["differences"] if d["low"] is not None]
     done = results["finished_runs"]
     status = ("all runs finished" if done >= total_runs else
@@ -576,7 +603,7 @@ def report(results: Optional[dict], calibration: Optional[dict] = None, total_ru
               "(each finished run is kept in `benchmarks/results/ablation-runs/`)")
     lines += [f"**3. The study** (held-out seeds {', '.join(map(str, results['seeds']))}, never used by phases 1 and 2; "
               f"train.py flags `{' '.join(results['extra_args'])}`; training code `{prov.get('code')}`, torch "
-              f"{prov.get('torch')}, {prov.get('cpu_model')} ({prov.get('cpu')}), one thread per run). "
+              f"{prov.get('torch')}, one thread per run, on {on}). "
               f"**Status: {status}.**", "", markdown(results), "",
               "![paired differences](benchmarks/results/ablation.png)", ""]
     gains = convergence(table) if table else {}
@@ -635,7 +662,7 @@ def main(argv=None) -> dict:
         results = _load(args.results) or None
         print(report(results, _load(calibration)))
         here = provenance()
-        if results and results.get("provenance") != here:  # the README would describe other code or another machine
+        if results and not same_computation(results.get("provenance") or {}, here):  # the README would describe other code
             print(f"ablation.py: the study in {args.results} was trained with {results.get('provenance')}, this "
                   f"checkout is {here}: rerun `python benchmarks/ablation.py --jobs 2` before quoting it",
                   file=sys.stderr)
@@ -656,16 +683,17 @@ def main(argv=None) -> dict:
     def save(done) -> None:
         nonlocal summary
         summary = summarise(done, args.settings, args.seeds, args.score_epochs)
-        out = {"extra_args": extra, "provenance": prov, "threads": threads, "seeds": args.seeds,
+        computation = {k: prov[k] for k in ("code", "torch")}  # the CPU is each run's own: see "machines"
+        out = {"extra_args": extra, "provenance": computation, "threads": threads, "seeds": args.seeds,
                "score": f"mean validation mIoU of the last {args.score_epochs} epochs", **summary,
-               "finished_runs": len(done)}
+               "finished_runs": len(done), "machines": machines(done.values())}
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(out, indent=1))
         # the plots follow the JSON, so a partial study's README shows what it reads
         plot(summary, args.results.with_suffix(".png"), args.results.with_name(args.results.stem + "-curves.png"))
 
     done = run_all(jobs, args.out_root / "study", args.results.with_name(args.results.stem + "-runs"), prov,
-                   args.jobs, save)
+                   args.jobs, save, any_machine=True)
     save(done)
     print("\n" + markdown(summary))
     print(f"\nwrote {args.results} and its plots")

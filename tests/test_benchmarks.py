@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import shutil
 import statistics
 import sys
@@ -56,10 +57,17 @@ def test_ablation_quick_is_resumable_paired_and_saves_as_it_grows(tmp_path, caps
     assert "vs UniMatch + CutMix (95% CI)" in capsys.readouterr().out
     again = ablation.main(args)  # every run is finished: nothing is trained again
     assert "train.py" not in capsys.readouterr().out and again == table
-    assert saved["provenance"] == ablation.provenance()
-    # A new checkout has only the kept copies: those of this code and machine count, another's are retrained.
+    assert saved["provenance"] == {k: ablation.provenance()[k] for k in ("code", "torch")}
+    # A new checkout has only the kept copies: those of this code and torch count, from any machine
+    # (each keeping its own), another code's are retrained.
     shutil.rmtree(tmp_path / "runs")
+    moved = tmp_path / "ablation-runs" / "supervised-s0.json"
+    elsewhere = {**ablation.provenance(), "cpu": "AVX512", "cpu_model": "another CPU"}
+    moved.write_text(json.dumps({**json.loads(moved.read_text()), "provenance": elsewhere}))
     assert ablation.main(args) == table and "train.py" not in capsys.readouterr().out
+    assert json.loads(moved.read_text())["provenance"] == elsewhere
+    here = ablation.machine(ablation.provenance())
+    assert json.loads(results.read_text())["machines"] == {here: 5, "another CPU (AVX512)": 1}
     stale = tmp_path / "ablation-runs" / "unimatch+cutmix-s1.json"
     other = {"code": "0" * 16, "torch": "x", "cpu": "x"}
     stale.write_text(json.dumps({**json.loads(stale.read_text()), "provenance": other}))
@@ -70,7 +78,8 @@ def test_ablation_quick_is_resumable_paired_and_saves_as_it_grows(tmp_path, caps
     assert json.loads(stale.read_text())["provenance"] == ablation.provenance()
     capsys.readouterr()
     ablation.main(args + ["--report"])  # a study of this checkout: no warning
-    assert "rerun" not in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "rerun" not in err and "another CPU (AVX512) for 1 run;" in out
     results.write_text(json.dumps({**json.loads(results.read_text()), "provenance": other}))
     ablation.main(args + ["--report"])  # a study of other code: the report says so on stderr
     assert "rerun `python benchmarks/ablation.py --jobs 2`" in capsys.readouterr().err
@@ -115,6 +124,41 @@ def test_calibration_selection_and_noise_phases_write_their_verdicts(tmp_path, m
     text = capsys.readouterr().out
     assert "**1. Calibration**" in text and "**2. SPEEDLoss's weight**" in text and "**Noise**" in text
     assert "| tiny |" in text and f"`--speed-weight {sel['chosen']:g}`" in text
+
+
+_DRAWS = """
+import sys, torch
+sys.path.insert(0, sys.argv[2])
+from data import shapes_splits
+from model import DeepLabV3Plus
+torch.manual_seed(1003)
+splits = shapes_splits(8, 16, 4, 32, seed=1003)
+torch.save({"data": [t for pair in splits for t in pair], "weights": list(DeepLabV3Plus(6, width=8).state_dict().values()),
+            "cpu": torch.backends.cpu.get_cpu_capability()}, sys.argv[1])
+"""
+
+
+def test_a_seed_draws_the_same_data_and_weights_on_every_cpu_isa(tmp_path):
+    """Why a study may span machines (``ablation.same_computation``): under the portable kernels
+    (``ATEN_CPU_CAPABILITY=default``) and this CPU's vector ones, a seed picks the same labeled
+    set and labels exactly, and the same images and initial weights up to rounding."""
+    import subprocess
+
+    import torch
+    out = {}
+    for isa in ("default", None):
+        env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+        env.update({"ATEN_CPU_CAPABILITY": isa} if isa else {})
+        subprocess.run([sys.executable, "-c", _DRAWS, str(tmp_path / f"{isa}.pt"), str(BENCH.parent / "examples")],
+                       check=True, env=env)
+        out[isa] = torch.load(tmp_path / f"{isa}.pt")
+    portable, native = out["default"], out[None]
+    assert portable["cpu"] == "DEFAULT"
+    for a, b in zip(portable["data"] + portable["weights"], native["data"] + native["weights"]):
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        else:
+            assert torch.equal(a, b)
 
 
 def test_calibration_criteria():
