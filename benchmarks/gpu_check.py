@@ -77,16 +77,17 @@ def main(argv=None) -> dict:
     py = sys.executable
     env = {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "PYTHONUNBUFFERED": "1"}
     steps = []
+    limit = 240 if cuda else 600  # seconds a step may take; on a CPU only a guard against a hang
     if "tests" not in args.skip:
         select = "cuda" if cuda else "cpu and (test_mix or test_loss or test_tap)"
         steps.append(run("tests", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", select, "tests/test_mix.py",
                                    "tests/test_loss.py", "tests/test_functional.py", "tests/test_tap.py",
-                                   "tests/test_compile.py"], out, 240 if cuda else 600, env))
+                                   "tests/test_compile.py"], out, limit, env))
     if "speed" not in args.skip:
         steps.append(run("speed", [py, "benchmarks/speed.py", "--device", args.device, "--sections", "mix,relation",
                                    "--size", "513", *(["--repeat", "15"] if cuda else ["--quick", "--no-compile"]),
                                    "--out", str(out / f"speed-{args.device}{'-quick' if not cuda else ''}.json")],
-                         out, 240 if cuda else 600, env))
+                         out, limit, env))
     if "step" not in args.skip:
         # on a CPU the full-size step takes 40-100 s or more (bfloat16 without native support): the CPU
         # mode checks that the step runs, at a size a 2-core machine does in seconds
@@ -94,7 +95,7 @@ def main(argv=None) -> dict:
             "--size", "129", "--step-width", "32", "--quick", "--no-compile"]
         cmd = [py, "benchmarks/speed.py", "--device", args.device, "--sections", "step", "--amp", "--step-variants", *size,
                "--out", str(out / f"step-{args.device}{'-quick' if not cuda else ''}.json")]
-        steps.append(run("step", cmd, out, 240 if cuda else 600, env))
+        steps.append(run("step", cmd, out, limit, env))
     if "train" not in args.skip:
         tiny = ["--num-labeled", "8", "--num-unlabeled", "32", "--num-val", "10", "--batch-size", "4", "--epochs", "1",
                 "--iters-per-epoch", "3", "--no-progress", "--overwrite", "--amp"]
