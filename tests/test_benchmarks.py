@@ -37,7 +37,7 @@ def test_speed_quick_writes_tables_and_json(tmp_path, capsys):
 def test_ablation_quick_is_resumable_paired_and_saves_as_it_grows(tmp_path, capsys):
     results = tmp_path / "ablation.json"
     args = ["--quick", "--seeds", "0", "1", "--settings", "supervised", "unimatch+cutmix", "unimatch+classmix",
-            "--score-epochs", "2", "--out-root", str(tmp_path / "runs"), "--results", str(results)]
+            "--score-epochs", "2", "--out-root", str(tmp_path / "runs"), "--results", str(results), "--jobs", "2"]
     table = ablation.main(args)
     assert set(table) == {"supervised", "unimatch+cutmix", "unimatch+classmix"}
     assert all(len(row["score"]) == 2 and len(row["curves"]["0"]) == 2 for row in table.values())
@@ -222,5 +222,6 @@ def test_gpu_check_runs_its_cpu_parts(tmp_path):
     summary = gpu_check.main(["--device", "cpu", "--out", str(tmp_path)])
     assert [s["step"] for s in summary["steps"]] == ["tests", "speed", "step", "train", "train-torchrun"]
     assert all(s["status"] == "ok" for s in summary["steps"]), summary["steps"]
+    assert "tests collected" in summary["steps"][0]["tail"][-1]  # the CUDA selection, collected, not run
     saved = json.loads((tmp_path / "gpu-check-cpu.json").read_text())
     assert saved["speed"] and saved["step"] and saved["device"] == "cpu"
