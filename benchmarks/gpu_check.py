@@ -78,6 +78,7 @@ def main(argv=None) -> dict:
     env = {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "PYTHONUNBUFFERED": "1"}
     steps = []
     limit = 240 if cuda else 600  # seconds a step may take; on a CPU only a guard against a hang
+    tag = args.device if cuda else f"{args.device}-quick"  # the JSON names: speed-cuda.json, speed-cpu-quick.json
     if "tests" not in args.skip:
         # on a CPU the suite has just run these tests' cpu variants: collecting the cuda ones checks
         # what a GPU run would select (pytest exits 5, a failed step, when the selection is empty)
@@ -88,7 +89,7 @@ def main(argv=None) -> dict:
     if "speed" not in args.skip:
         steps.append(run("speed", [py, "benchmarks/speed.py", "--device", args.device, "--sections", "mix,relation",
                                    "--size", "513", *(["--repeat", "15"] if cuda else ["--quick", "--no-compile"]),
-                                   "--out", str(out / f"speed-{args.device}{'-quick' if not cuda else ''}.json")],
+                                   "--out", str(out / f"speed-{tag}.json")],
                          out, limit, env))
     if "step" not in args.skip:
         # on a CPU the full-size step takes 40-100 s or more (bfloat16 without native support): the CPU
@@ -96,7 +97,7 @@ def main(argv=None) -> dict:
         size = ["--size", "513", "--step-width", "128", "--repeat", "9"] if cuda else [
             "--size", "129", "--step-width", "32", "--quick", "--no-compile"]
         cmd = [py, "benchmarks/speed.py", "--device", args.device, "--sections", "step", "--amp", "--step-variants", *size,
-               "--out", str(out / f"step-{args.device}{'-quick' if not cuda else ''}.json")]
+               "--out", str(out / f"step-{tag}.json")]
         steps.append(run("step", cmd, out, limit, env))
     if "train" not in args.skip:
         tiny = ["--num-labeled", "8", "--num-unlabeled", "32", "--num-val", "10", "--batch-size", "4", "--epochs", "1",
@@ -112,7 +113,7 @@ def main(argv=None) -> dict:
     summary = {"device": args.device, "torch": torch.__version__,
                "gpu": torch.cuda.get_device_name() if cuda else None, "steps": steps}
     for name in ("speed", "step"):
-        path = out / f"{name}-{args.device}{'-quick' if not cuda else ''}.json"
+        path = out / f"{name}-{tag}.json"
         if path.exists():
             summary[name] = _headline(json.loads(path.read_text()), name)
     (out / f"gpu-check-{args.device}.json").write_text(json.dumps(summary, indent=1))
