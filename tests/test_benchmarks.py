@@ -86,6 +86,9 @@ def test_ablation_quick_is_resumable_paired_and_saves_as_it_grows(tmp_path, caps
     ablation.main(args + ["--report"])  # the README section, from the JSON alone
     text = capsys.readouterr().out
     assert "examples/train.py" not in text and "| setting |" in text and f"6 of {len(ablation.SETTINGS) * len(ablation.STUDY_SEEDS)} runs finished" in text
+    convergence = next(line for line in text.splitlines() if line.startswith("Convergence ("))
+    table = json.loads(results.read_text())["table"]  # every setting's last-quarter gain, and how many met it
+    assert f" of {len(table)} settings; " in convergence and all(f" {name} " in convergence for name in table)
     verdicts = [line for line in text.splitlines() if line.startswith("- ") and "mIoU (95% CI" in line]
     assert len(verdicts) == 2  # ClassMix vs CutMix, CutMix vs supervised: each once, under its finding
 
