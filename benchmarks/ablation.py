@@ -608,11 +608,12 @@ def report(results: Optional[dict], calibration: Optional[dict] = None, total_ru
               "![paired differences](benchmarks/results/ablation.png)", ""]
     gains = convergence(table) if table else {}
     if gains:
-        met = [n for n, g in gains.items() if g < CONVERGED]
+        met = sum(g < CONVERGED for g in gains.values())
         lines += [f"Convergence (gain per epoch over the last quarter of a setting's mean curve; criterion: below "
-                  f"{CONVERGED} mIoU per epoch, which phase 1 checked on the baselines' calibration seeds): met by {len(met)} of {len(gains)} "
-                  "settings; " + ", ".join(f"{n} {g:+.2f}" for n, g in gains.items()) + "."
-                  + ("" if len(met) == len(gains) else
+                  f"{CONVERGED} mIoU per epoch, which phase 1 checked on the baselines' calibration seeds): "
+                  f"met by {met} of {len(gains)} settings; "
+                  + ", ".join(f"{n} {g:+.2f}" for n, g in gains.items()) + "."
+                  + ("" if met == len(gains) else
                      " The others were still learning when the schedule ended; it was fixed by phase 1 and not "
                      "changed after, so the study compares settings at an equal training budget, not at convergence.")
                   + " `benchmarks/results/ablation-curves.png` plots the curves."]
