@@ -336,20 +336,22 @@ def report(result: dict) -> str:
         speed = f"{g['speedup_vs_naive']:.1f}x" if g.get("speedup_vs_naive") else "-"
         lines.append(f"| {g['side']} x {g['side']} | {g['N']} | {g['ms']:.1f} | {naive} | {speed} | "
                      f"{fmt(g['peak_mb'], '.0f')} / {fmt(n['peak_mb'], '.0f')} |")
-    from step_overhead import MIX_COMPILED, MIX_CUTMIX, MIX_DEFAULT, MIX_FULL, SPEED, STEP
+    from step_overhead import MIX_COMPILED, MIX_CUTMIX, MIX_DEFAULT, MIX_FULL, SPEED, STEP, TEACHER, WHOLE
     step = {r["what"]: r for r in result["step"] if r["device"] == "cpu"}
+
+    def cost(name):
+        return f"{step[name]['ms']:.0f} ms, {100 * step[name]['share']:.1f}%"
     lines += ["", f"What users pay inside one UniMatch iteration of the example model (B=8, 321 x 321, K=21; forward, "
               f"backward, optimizer; median of {max(3, repeat // 3)}): the step takes {step[STEP]['ms'] / 1e3:.2f} s with "
               f"CutMix. Timed on that step's tensors, the two streams' EntropyMix calls with their plan replays take "
-              f"{step[MIX_DEFAULT]['ms']:.0f} ms, {100 * step[MIX_DEFAULT]['share']:.1f}% of the step, by default "
-              "(eager, on the teacher's logits at the output stride, as the example passes them; "
-              f"{step[MIX_COMPILED]['ms']:.0f} ms, {100 * step[MIX_COMPILED]['share']:.1f}%, compiled; "
-              f"{step[MIX_FULL]['ms']:.0f} ms, {100 * step[MIX_FULL]['share']:.1f}%, on upsampled full-resolution "
-              f"logits; CutMix's {step[MIX_CUTMIX]['ms']:.0f} ms, {100 * step[MIX_CUTMIX]['share']:.1f}%), and SPEEDLoss forward and "
-              f"backward for both streams at the output stride {step[SPEED]['ms']:.0f} ms, "
-              f"{100 * step[SPEED]['share']:.1f}%. The example also runs the teacher once more on the weak view in eval "
-              "mode when the mixer compares entropies (comparable teachers), a forward without gradients that is not "
-              "counted here."]
+              f"{cost(MIX_DEFAULT)} of the step, by default (eager, on the teacher's logits at the output stride, as "
+              f"the example passes them; {cost(MIX_COMPILED)}, compiled; {cost(MIX_FULL)}, on upsampled "
+              f"full-resolution logits; CutMix's {cost(MIX_CUTMIX)}). EntropyMix compares the weak view's entropy "
+              "with the mixed-in view's, so both come from the model in eval mode: the example adds the weak view to "
+              f"UniMatch's teacher forward, which costs {cost(TEACHER)} more (the difference of the two forwards, "
+              f"timed in turns). **EntropyMix's whole added cost: {cost(WHOLE)} of the step** (mixer calls, plan "
+              "replays and that forward; UniMatch V2's EMA teacher predicts every view in one forward, so its recipe "
+              f"adds no forward). SPEEDLoss forward and backward for both streams at the output stride: {cost(SPEED)}."]
     return "\n".join(lines)
 
 

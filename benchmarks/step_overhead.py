@@ -7,6 +7,11 @@ difference of two step medians cannot resolve a few percent on a shared CPU, so 
 are timed on their own, on the tensors of that step (the two streams' mixer calls with their
 plan replays; SPEEDLoss forward and backward at the output stride), and reported as a share of
 the step's median, measured in the same process.
+
+EntropyMix compares the weak view's entropy with the mixed-in view's, so both must come from the
+model in one mode: the example adds the weak view to UniMatch's eval-mode teacher forward (which
+predicts the mixed-in batch alone with CutMix). That extra work is timed as the difference of the
+two teacher forwards, taken in turns, and added to the mixer's calls for the whole cost.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ MIX_COMPILED = "EntropyMix, 2 streams + plan replays (compiled, opt-in)"
 MIX_FULL = "EntropyMix on upsampled full-resolution logits, 2 streams + plan replays (eager)"
 MIX_CUTMIX = "CutMix, 2 streams + plan replays"
 SPEED = "SPEEDLoss forward + backward, 2 streams"
+TEACHER = "Extra teacher forward: the weak view in eval mode, no gradients (EntropyMix's comparable entropies)"
+WHOLE = "EntropyMix, whole added cost: 2 streams + plan replays + the extra teacher forward"
 
 
 def bench_step(device: torch.device, quick: bool, repeat: int, compiled: bool = True, size: int = 321,
@@ -116,6 +123,23 @@ def bench_step(device: torch.device, quick: bool, repeat: int, compiled: bool = 
                  MIX_FULL: mix_call(entropymix, logits),
                  SPEED: speed_call}
         times = {name: time_ms(fn, device, repeat=repeat, warmup=2) for name, fn in comps.items()}
+
+        def teacher(images):  # the example's eval-mode teacher forward, with what the mixer reads
+            @torch.no_grad()
+            @amp_region(device, amp_dtype, amp)
+            def run():
+                model.eval()
+                out = model(torch.cat(images))
+                model.classifier(out.features)
+                model.train()
+            return run
+        both, alone = teacher([img_u_w, img_m_w]), teacher([img_m_w])
+        extra = []
+        for r in range(repeat + 1):  # in turns, so that drift hits both alike; the first pair warms up
+            t_both, t_alone = time_ms(both, device, repeat=1, warmup=0), time_ms(alone, device, repeat=1, warmup=0)
+            if r:
+                extra.append(t_both - t_alone)
+        times[TEACHER] = statistics.median(extra)
         if compiled:
             previous = set_compile(True)
             try:
@@ -126,6 +150,8 @@ def bench_step(device: torch.device, quick: bool, repeat: int, compiled: bool = 
         rows += [{**common, "what": name, "ms": statistics.median(ts), "share": statistics.median(ts) / step_ms}
                  for name, ts in step_times.items()]
         rows += [{**common, "what": name, "ms": ms, "share": ms / step_ms} for name, ms in times.items()]
+        whole = times[MIX_DEFAULT] + times[TEACHER]
+        rows.append({**common, "what": WHOLE, "ms": whole, "share": whole / step_ms})
     return rows
 
 

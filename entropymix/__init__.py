@@ -5,6 +5,7 @@ Semantic Segmentation* (SPEED, IEEE TCSVT 2024, doi:10.1109/TCSVT.2024.3375789).
 """
 
 from . import functional
+from .functional import pair_within_batch
 from .loss import SPEEDLoss, logit_distillation, relation_distillation
 from .mix import ClassMix, CutMix, EntropyMix, MixPlan
 from .tap import FeatureTap
@@ -13,5 +14,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EntropyMix", "CutMix", "ClassMix", "MixPlan", "SPEEDLoss", "FeatureTap", "relation_distillation", "logit_distillation",
-    "functional", "__version__",
+    "pair_within_batch", "functional", "__version__",
 ]

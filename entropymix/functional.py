@@ -31,6 +31,8 @@ __all__ = [
     "select_views",
     "apply_plan",
     "source_map",
+    "pair_within_batch",
+    "distinct_within_batch",
     "resize_nearest",
     "cutmix_boxes",
     "classmix_masks",
@@ -506,6 +508,61 @@ def _mix(masks: Sequence[Tensor], tensors: Sequence[Tensor]) -> Tensor:
         # promotes mixed dtypes step by step, which ends at the promotion of them all.
         out = torch.where(mask[:, None] if t.dim() == 4 else mask, t, out)
     return out.clone() if len(tensors) == 1 else out
+
+
+# ----------------------------------------------------------------------------------------------
+# Mixing a batch with itself
+# ----------------------------------------------------------------------------------------------
+
+def pair_within_batch(t: Tensor) -> List[Tensor]:
+    """``[t, t.roll(1, 0)]``: a batch and its partners, to mix a batch with itself.
+
+    Sample ``b`` is paired with sample ``b - 1`` (sample 0 with the last). For ``B >= 2`` no sample
+    is its own partner, and for ``B >= 3`` no two samples are each other's (unlike ``t.flip(0)``,
+    which pairs ``b`` with ``B-1-b`` both ways and the middle of an odd batch with itself). Use it
+    for the views, the teacher's maps and every replay of a plan made by ``mixer.within_batch``.
+
+    >>> pair_within_batch(torch.tensor([0, 1, 2]))
+    [tensor([0, 1, 2]), tensor([2, 0, 1])]
+    """
+    validate.tensor("t", t)
+    if t.dim() == 0:
+        raise ValueError("t must have a batch dimension, got a 0-D tensor")
+    return [t, t.roll(1, 0)]
+
+
+def distinct_within_batch(index: Tensor) -> Tensor:
+    """Make a 2-view plan over ``pair_within_batch`` views give distinct samples (no sync, no loop).
+
+    At ``B = 2`` both samples mix the same two images: the second takes the first one's index, so
+    every cell shows one image in one sample and the other image in the other. At ``B >= 3`` a
+    sample whose index is all 1 (taken whole from its partner) keeps its own first cell; then no two
+    samples are equal when the images differ everywhere (sample ``b`` shows image ``b`` somewhere,
+    where only samples ``b`` and ``b + 1`` could, and sample ``b + 1`` shows its own image somewhere).
+
+    Args:
+        index: ``(B, *cells)`` int64 index of a 2-view plan.
+
+    Returns:
+        A new index of the same shape.
+
+    >>> distinct_within_batch(torch.tensor([[[1, 1]], [[0, 1]], [[1, 0]]]))
+    tensor([[[0, 1]],
+            [[0, 1]],
+            [[1, 0]]])
+    """
+    validate.tensor("index", index)
+    if index.dim() < 2 or index.dtype != torch.int64:
+        raise ValueError(f"index must be an int64 (B, *cells) plan index, got {index.dtype} {validate.shape(index)}")
+    B = index.shape[0]
+    if B == 2:
+        return index[:1].expand_as(index).clone()
+    flat = index.flatten(1)
+    if B < 3 or flat.shape[1] == 0:
+        return index.clone()
+    whole = (flat == 1).all(1, keepdim=True)
+    first = torch.arange(flat.shape[1], device=index.device) == 0
+    return flat.masked_fill(whole & first, 0).view_as(index)
 
 
 # ----------------------------------------------------------------------------------------------

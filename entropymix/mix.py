@@ -172,11 +172,54 @@ class _Mixer(nn.Module):
                 logits: Optional[Sequence[Tensor]] = None,
                 valid: Optional[Sequence[Optional[Tensor]]] = None,
                 generator: Optional[torch.Generator] = None) -> Tuple[Tensor, MixPlan]:
+        plan = self._plan(views, probs, logits, valid, generator)
+        return plan.apply(views), plan
+
+    def within_batch(self, x: Tensor, probs: Optional[Tensor] = None, *, logits: Optional[Tensor] = None,
+                     valid: Optional[Tensor] = None,
+                     generator: Optional[torch.Generator] = None) -> Tuple[Tensor, MixPlan]:
+        """Mix a batch with itself (UniMatch V2's in-batch CutMix), never into duplicate samples.
+
+        Sample ``b`` is mixed with sample ``b - 1`` (sample 0 with the last): the views are
+        :func:`~entropymix.functional.pair_within_batch` of ``x`` (and of ``probs`` / ``logits`` /
+        ``valid``), and the plan replays with ``plan.apply(pair_within_batch(t))``. Pairing a
+        batch with its own flip, ``[x, x.flip(0)]``, instead mixes samples ``b`` and ``B-1-b`` from
+        the same two images: a symmetric selection (``"max"``, ``"min"``) then makes both mixed
+        samples identical, and the middle sample of an odd batch is mixed with itself.
+
+        Here no sample is paired with itself, and no two mixed samples are equal whenever the B
+        images differ at every pixel, whatever the selection: at ``B = 2`` the second sample takes
+        the first one's plan, so the two are complementary (each cell shows one image in one sample
+        and the other image in the other, as in bidirectional copy-paste); at ``B >= 3`` a sample the
+        selection would take whole from its partner keeps its own first cell (pixel, for a pixel
+        plan), which is enough since no two samples are each other's partner. At ``B = 1`` the
+        sample is returned unmixed.
+
+        Shapes:
+            - x: ``(B, C, H, W)``; probs / logits: ``(B, K, h, w)``; valid: ``(B, h', w')``.
+            - output: ``(B, C, H, W)`` and a 2-view :class:`MixPlan`.
+
+        Example:
+            >>> x, lg = torch.rand(4, 3, 32, 32), torch.randn(4, 21, 32, 32)
+            >>> mixed, plan = EntropyMix(grid=4).within_batch(x, logits=lg)
+            >>> torch.equal(mixed, plan.apply(F.pair_within_batch(x)))
+            True
+            >>> any(torch.equal(mixed[a], mixed[b]) for a in range(4) for b in range(a))
+            False
+        """
+        x = validate.tensor("x", x, ndim=(4,))
+        pair = F.pair_within_batch
+        plan = self._plan(pair(x), None if probs is None else pair(validate.tensor("probs", probs)),
+                          None if logits is None else pair(validate.tensor("logits", logits)),
+                          None if valid is None else pair(validate.tensor("valid", valid)), generator)
+        plan = MixPlan(F.distinct_within_batch(plan.index), 2, plan.size, False)
+        return plan.apply(pair(x)), plan
+
+    def _plan(self, views, probs, logits, valid, generator) -> MixPlan:
         B, _, H, W = validate.views(views, exactly=type(self).__name__ if self.two_views else None)
         maps, kind = validate.pick_maps(probs, logits, self.needs_predictions())  # generator: checked where drawn
         index = self._index(views, maps, kind, valid, generator)
-        plan = MixPlan(_keep_unmixed(index, self.p, generator), len(views), (H, W), False)
-        return plan.apply(views), plan
+        return MixPlan(_keep_unmixed(index, self.p, generator), len(views), (H, W), False)
 
     def _index(self, views: Sequence[Tensor], maps: Optional[Sequence[Tensor]], kind: str,
                valid: Optional[Sequence[Optional[Tensor]]], generator: Optional[torch.Generator]) -> Tensor:
@@ -313,14 +356,10 @@ class CutMix(_Mixer):
         return F.cutmix_boxes(B, (H, W), self.p, self.size_min, self.size_max, self.ratio,
                               generator=generator, device=views[0].device)
 
-    def forward(self, views: Sequence[Tensor], probs: Optional[Sequence[Tensor]] = None, *,
-                logits: Optional[Sequence[Tensor]] = None,
-                valid: Optional[Sequence[Optional[Tensor]]] = None,
-                generator: Optional[torch.Generator] = None) -> Tuple[Tensor, MixPlan]:
+    def _plan(self, views, probs, logits, valid, generator) -> MixPlan:
         # probs / logits / valid are ignored: CutMix accepts whatever an EntropyMix call passes.
         B, _, H, W = validate.views(views, exactly="CutMix")
-        plan = MixPlan(self._index(views, None, "probs", None, generator), 2, (H, W), False)
-        return plan.apply(views), plan
+        return MixPlan(self._index(views, None, "probs", None, generator), 2, (H, W), False)
 
 
 class ClassMix(_Mixer):
