@@ -1,7 +1,7 @@
 """Mutation check: does the suite notice single-line defects in the package?
 
     python tests/mutate.py              # every defect below, two at a time
-    python tests/mutate.py -k kd        # only defects whose name contains "kd"
+    python tests/mutate.py -k kd        # only defects whose name contains "kd" (-k kd,tap: either)
 
 Each defect replaces one exact line fragment of ``entropymix/`` in a throwaway copy of the
 repository, then runs the fast test modules there (stopping at the first failure). A defect that
@@ -217,6 +217,30 @@ DEFECTS = [
      "if valid.is_complex():"),
     ("validation: batch of predictions unchecked", "_validation.py", "if batch is not None and t.shape[0] != batch:",
      "if False:"),
+    ("validation: views of another dtype accepted", "_validation.py",
+     "if x.dtype != first.dtype or x.device != first.device:", "if x.device != first.device:"),
+    # --- contracts of issue 31: masks with None entries, nesting, the simplex from below ------------
+    ("mix: a None entry of valid drops every mask", "mix.py",
+     "cell_valid = torch.stack(nonempty) if any(m is not None for m in masks) else None",
+     "cell_valid = torch.stack(nonempty) if all(m is not None for m in masks) else None"),
+    ("select: empty cells avoided under max only", "functional.py",
+     "    if valid is not None:\n        score = torch.where(valid, score, -math.inf)",
+     "    if valid is not None and mode == \"max\":\n        score = torch.where(valid, score, -math.inf)"),
+    ("tap: recording() does not nest", "tap.py", "        finally:\n            self._forced -= 1",
+     "        finally:\n            self._forced = 0"),
+    ("tap: leaving the with block only clears", "tap.py", "    def __exit__(self, *exc: object) -> None:\n        self.close()",
+     "    def __exit__(self, *exc: object) -> None:\n        self.clear()"),
+    ("checks: rows summing below 1 accepted", "functional.py",
+     "return ~torch.isfinite(total) | (low < 0) | ((total - 1).abs() > SIMPLEX_TOLERANCE)",
+     "return ~torch.isfinite(total) | (low < 0) | ((total - 1) > SIMPLEX_TOLERANCE)"),
+    # --- mixing a batch with itself ---------------------------------------------------------------
+    ("within: paired with the flip", "functional.py", "return [t, t.roll(1, 0)]", "return [t, t.flip(0)]"),
+    ("within: B = 2 not complementary", "functional.py",
+     "    if B == 2:\n        return index[:1].expand_as(index).clone()\n", ""),
+    ("within: no own cell kept", "functional.py", "return flat.masked_fill(whole & first, 0).view_as(index)",
+     "return flat.view_as(index)"),
+    ("within: plan not made distinct", "mix.py", "plan = MixPlan(F.distinct_within_batch(plan.index), 2, plan.size, False)",
+     "plan = MixPlan(plan.index, 2, plan.size, False)"),
 ]
 
 # Defects that change nothing observable, with the reason.
@@ -251,10 +275,10 @@ def run_defect(name: str, file: str, old: str, new: str, workdir: Path) -> tuple
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-k", default="", help="only defects whose name contains this")
+    ap.add_argument("-k", default="", help="only defects whose name contains this (a comma list: any of these)")
     ap.add_argument("--jobs", type=int, default=2, help="defects tried at once, each in its own copy")
     args = ap.parse_args(argv)
-    defects = [d for d in DEFECTS if args.k in d[0]]
+    defects = [d for d in DEFECTS if any(k in d[0] for k in args.k.split(","))]
     with tempfile.TemporaryDirectory() as tmp:
         copies = []
         for j in range(args.jobs):

@@ -1,28 +1,54 @@
-"""Apply a recipe's diff hunks, exactly as printed in its markdown, to a source text."""
+"""A recipe's patch file, read and applied as ``git apply`` and ``patch -p1 -F0`` would: every
+context and ``-`` line must stand, byte for byte and in one place, in the source."""
 
 import re
-from typing import List
+from typing import List, Tuple
+
+HEADER = re.compile(r"@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 
 
-def hunks(markdown: str) -> List[str]:
-    """The ```diff blocks of a recipe, in order."""
+def patch_hunks(patch: str) -> List[str]:
+    """The hunks of a one-file unified diff, each from its ``@@`` line on (text before the diff is
+    the patch's description, which both tools skip)."""
+    assert patch.count("\n--- a/") == 1 and patch.count("\n+++ b/") == 1, "one file per patch"
+    return re.split(r"(?m)^(?=@@ )", patch[patch.index("\n@@ ") + 1:])[1:]
+
+
+def markdown_hunks(markdown: str) -> List[str]:
+    """The ```diff blocks of a recipe's Markdown, in order."""
     return re.findall(r"```diff\n(.*?)```", markdown, re.S)
 
 
-def apply(source: str, hunk: str) -> str:
-    """Replace the hunk's context and ``-`` lines, which must stand once, contiguous and with the
-    same indentation, in ``source``, by its context and ``+`` lines. A line of white space only is
-    a blank context line (trailing white space is not compared)."""
+def parse(hunk: str) -> Tuple[int, List[str], List[str], int, int]:
+    """``(old_start, old_lines, new_lines, leading_context, trailing_context)`` of one hunk, after
+    checking that its header counts its lines."""
+    header, *body = hunk.rstrip("\n").split("\n")
+    m = HEADER.match(header)
+    assert m, f"not a hunk header: {header!r}"
     old, new = [], []
-    for line in hunk.splitlines():
-        op, text = (" ", "") if not line.strip() else (line[0], line[1:])
-        assert op in " +-", f"not a diff line: {line!r}"
-        if op in " -":
-            old.append(text)
-        if op in " +":
-            new.append(text)
-    lines = source.splitlines()
-    want = [s.rstrip() for s in old]
-    at = [i for i in range(len(lines) - len(old) + 1) if [s.rstrip() for s in lines[i:i + len(old)]] == want]
-    assert len(at) == 1, f"hunk found {len(at)} times (once expected):\n" + "\n".join(old)
-    return "\n".join(lines[:at[0]] + new + lines[at[0] + len(old):]) + "\n"
+    for line in body:
+        assert line[:1] in (" ", "-", "+"), f"not a diff line (a blank context line is one space): {line!r}"
+        if line[0] in " -":
+            old.append(line[1:])
+        if line[0] in " +":
+            new.append(line[1:])
+    count = lambda g: 1 if g is None else int(g)  # noqa: E731
+    assert (len(old), len(new)) == (count(m.group(2)), count(m.group(4))), f"line counts of {header} are off"
+    ops = [line[0] for line in body]
+    lead = next(i for i, op in enumerate(ops) if op != " ")
+    trail = next(i for i, op in enumerate(reversed(ops)) if op != " ")
+    return int(m.group(1)), old, new, lead, trail
+
+
+def apply(source: str, patch: str) -> str:
+    """``source`` with every hunk of ``patch`` applied, in order; fails unless each hunk's old lines
+    stand exactly once in it. Hunks must have as much leading as trailing context: GNU ``patch``
+    anchors a hunk with less of one to the start or end of the file."""
+    lines = source.split("\n")
+    for hunk in patch_hunks(patch):
+        start, old, new, lead, trail = parse(hunk)
+        assert lead == trail or (lead < trail and start == 1), f"uneven context ({lead} / {trail}):\n{hunk}"
+        at = [i for i in range(len(lines) - len(old) + 1) if lines[i:i + len(old)] == old]
+        assert len(at) == 1, f"hunk found {len(at)} times (once expected):\n{hunk}"
+        lines[at[0]:at[0] + len(old)] = new
+    return "\n".join(lines)

@@ -6,6 +6,7 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from entropymix import EntropyMix
 from entropymix import functional as F
 from conftest import DEVICES
 from strategies import FLOAT_DTYPES, naive_cells, random_probs, sizes_and_grid
@@ -68,6 +69,8 @@ def test_entropy_from_logits_equals_entropy_of_softmax(B, K, h, w, scale, seed, 
 @given(B=st.integers(1, 5), K=st.integers(1, 9), h=st.integers(1, 13), w=st.integers(1, 13),
        chunk=st.sampled_from([1, 7, 100, 1 << 22]), dtype=st.sampled_from(FLOAT_DTYPES),
        seed=st.integers(0, 2**31 - 1))
+# In every profile: 5 rows in chunks of 2 (18 elements a row, 36 a chunk): the last chunk is partial.
+@example(B=5, K=2, h=3, w=3, chunk=36, dtype=torch.float32, seed=0)
 def test_eager_entropy_in_chunks_is_bit_identical_to_one_pass(B, K, h, w, chunk, dtype, seed):
     """The eager path's batch chunking changes memory, never a value (entropies and check maps)."""
     g = torch.Generator().manual_seed(seed)
@@ -320,3 +323,19 @@ def test_cutmix_boxes_errors():
         F.cutmix_boxes(1, (4, 4), size_min=0.5, size_max=0.1)
     with pytest.raises(ValueError, match="ratio must be"):
         F.cutmix_boxes(1, (4, 4), ratio=(2.0, 1.0))
+
+
+@pytest.mark.parametrize("total", [0.9, 0.5, 1.1, 0.0])
+@pytest.mark.parametrize("kind", ["entropy", "entropymix"])
+def test_probability_rows_off_the_simplex_below_or_above_are_rejected(total, kind):
+    """Rows summing to less than 1 beyond the tolerance fail like rows summing to more."""
+    p = torch.full((2, 4, 3, 3), 0.25)
+    p[1, :, 2, 1] = total / 4
+    with pytest.raises(ValueError, match="must be probabilities"):
+        if kind == "entropy":
+            F.entropy(p)
+        else:
+            EntropyMix(1)([torch.rand(2, 3, 3, 3)] * 2, probs=[torch.full_like(p, 0.25), p])
+    ok = torch.full((2, 4, 3, 3), 0.25)
+    ok[1, :, 2, 1] = (1 - F.SIMPLEX_TOLERANCE / 2) / 4  # inside the tolerance: accepted
+    F.entropy(ok)

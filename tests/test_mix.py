@@ -633,3 +633,89 @@ def test_entropymix_is_the_functional_composition(select, T, V, seed):
     cells, nonempty = zip(*(F.patch_entropy(F.entropy(q), (3, 4), m, return_valid=True) for q, m in zip(probs, valid)))
     ref = F.select_views(torch.stack(cells), select, T, torch.Generator().manual_seed(seed), valid=torch.stack(nonempty))
     assert torch.equal(plan.index, ref)
+
+
+# --- mixing a batch with itself ---------------------------------------------------------------------
+
+WITHIN = {"max": lambda p: EntropyMix(4, "max", p=p), "min": lambda p: EntropyMix(4, "min", p=p),
+          "sample": lambda p: EntropyMix(4, "sample", p=p, temperature=0.05),
+          "random": lambda p: EntropyMix(4, "random", p=p), "cutmix": lambda p: CutMix(p=p, size_max=1.0),
+          "classmix": lambda p: ClassMix(p=p)}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(B=st.integers(2, 9), mixer=st.sampled_from(sorted(WITHIN)), p=st.sampled_from([1.0, 0.5]),
+       teacher=st.sampled_from(["random", "uniform", "one-unsure", "one-sure"]), H=st.integers(4, 21),
+       W=st.integers(4, 21), seed=st.integers(0, 2**31 - 1))
+@example(B=2, mixer="max", p=1.0, teacher="random", H=32, W=32, seed=0)  # the issue's reproduction, at B = 2
+@example(B=3, mixer="max", p=1.0, teacher="one-unsure", H=8, W=8, seed=0)
+def test_within_batch_never_duplicates_a_sample_nor_mixes_one_with_itself(B, mixer, p, teacher, H, W, seed, device):
+    """Sample b shows only images b and b - 1 (never itself paired), B >= 3 keeps a pixel of its own
+    image, and no two mixed samples are equal, whatever the selection and the teacher (ties
+    everywhere, or one image the most, or the least, uncertain in every cell)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(B, 3, H, W, generator=g)
+    x[:, 0] = torch.arange(B, dtype=torch.float32)[:, None, None]  # channel 0: the image's id
+    logits = torch.randn(B, 5, H, W, generator=g) * 4
+    if teacher == "uniform":
+        logits.zero_()
+    elif teacher != "random":  # image 1 flat (most uncertain) or sharp (least) in every cell
+        logits[1] = 0.0 if teacher == "one-unsure" else logits[1] * 100
+    x, logits = x.to(device), logits.to(device)
+    before = x.clone()
+    mixed, plan = WITHIN[mixer](p).within_batch(x, logits=logits, generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(x, before) and mixed.shape == x.shape and plan.num_views == 2
+    assert torch.equal(mixed, plan.apply(F.pair_within_batch(x)))
+    src = mixed[:, 0].long().cpu()
+    own = torch.arange(B)[:, None, None]
+    assert ((src == own) | (src == (own - 1) % B)).all()  # its own image or its partner's
+    if B >= 3:
+        assert (src == own).flatten(1).any(1).all()
+    assert not any(torch.equal(mixed[a], mixed[b]) for a in range(B) for b in range(a))
+
+
+def test_within_batch_pairs_every_replayed_tensor_like_the_views():
+    g = torch.Generator().manual_seed(0)
+    x, lg = torch.rand(5, 3, 16, 16, generator=g), torch.randn(5, 4, 8, 8, generator=g)
+    labels = torch.randint(0, 4, (5, 16, 16), generator=g)
+    ignore = torch.zeros(5, 8, 8, dtype=torch.long).index_fill_(2, torch.tensor([7]), 255)
+    mixed, plan = EntropyMix(2).within_batch(x, logits=lg, valid=ignore)
+    _, by_hand = EntropyMix(2)([x, x.roll(1, 0)], logits=[lg, lg.roll(1, 0)], valid=[ignore, ignore.roll(1, 0)])
+    assert torch.equal(plan.index, F.distinct_within_batch(by_hand.index))  # the same selection, made distinct
+    assert torch.equal(plan.apply(F.pair_within_batch(labels)), torch.where(plan.source_map() == 1, labels.roll(1, 0), labels))
+    one, plan1 = EntropyMix(2).within_batch(x[:1], logits=lg[:1])
+    assert torch.equal(one, x[:1])  # B = 1: nothing to pair with, the sample as it is
+    with pytest.raises(ValueError, match="x must be 4-D"):
+        EntropyMix(2).within_batch(x[0], logits=lg)
+
+
+# --- contracts ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mixer", [EntropyMix(2), CutMix(), ClassMix()], ids=["entropymix", "cutmix", "classmix"])
+def test_all_views_of_one_call_share_a_dtype(mixer):
+    views = [torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8, dtype=torch.float64)]
+    with pytest.raises(ValueError, match=r"views must share dtype and device: views\[0\] is torch.float32 on cpu, "
+                                         r"views\[1\] is torch.float64 on cpu"):
+        mixer(views, probs=[torch.full((2, 2, 8, 8), 0.5)] * 2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(B=st.integers(1, 3), sg=sizes_and_grid(max_side=24), K=st.integers(2, 5),
+       select=st.sampled_from(["max", "min", "sample"]), use_labels=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_a_cell_with_no_valid_pixel_in_one_view_is_never_chosen_from_it(B, sg, K, select, use_labels, seed, device):
+    """``valid=[None, mask]``: view 0 is valid everywhere, so no cell that is empty in view 1's mask
+    (a bool mask or a label map at 255) may come from view 1, whatever the selection."""
+    (H, W), grid = sg
+    views, probs, g = make_batch(seed, 2, B, 1, H, W, K, device=device)
+    mask = (torch.rand(B, H, W, generator=g) < 0.5)
+    rows, cols = naive_cells(H, grid[0]), naive_cells(W, grid[1])
+    empty_cell = torch.rand(B, *grid, generator=g) < 0.5
+    mask &= ~empty_cell[:, rows][:, :, cols]
+    # View 1 is what the selection wants in every cell: the least uncertain for "min", the most otherwise.
+    uniform = torch.full_like(probs[0], 1 / K)
+    one_hot = torch.zeros_like(probs[0]).index_fill_(1, torch.tensor([0], device=device), 1.0)
+    probs = [uniform, one_hot] if select == "min" else [one_hot, uniform]
+    valid1 = mask.to(device) if not use_labels else torch.where(mask, 0, 255).to(device)
+    _, plan = EntropyMix(grid, select=select, temperature=0.01)(views, probs=probs, valid=[None, valid1],
+                                                                generator=torch.Generator().manual_seed(seed))
+    assert not (plan.index.cpu().bool() & empty_cell).any()

@@ -186,3 +186,31 @@ def test_close_matches_find_any_dotted_component():
 
     with pytest.raises(ValueError, match=r"no submodule named 'fuse'; close matches: 'decode_head.linear_fuse'"):
         FeatureTap(SegformerLike(), "fuse")
+
+
+def test_recording_blocks_nest():
+    """Leaving an inner ``recording()`` keeps the outer one recording; leaving the outer one stops."""
+    net = Net()
+    tap = FeatureTap(net, "decoder")
+    x = torch.rand(1, 3, 2, 2)
+    with torch.no_grad():
+        with tap.recording():
+            with tap.recording():
+                net(x)
+            net(x)  # still inside the outer block
+        net(x)  # outside both: a no-grad forward is not recorded
+    assert len(tap) == 2
+    tap.close()
+
+
+def test_leaving_a_with_block_closes_the_tap_which_clear_does_not():
+    net = Net()
+    with FeatureTap(net, "decoder") as tap:
+        net(torch.rand(1, 3, 2, 2))
+        tap.clear()  # drops the records, keeps the hook
+        assert len(tap) == 0 and not tap.closed and net.decoder._forward_hooks
+        net(torch.rand(1, 3, 2, 2))
+        assert len(tap) == 1
+    assert tap.closed and len(tap) == 0 and not net.decoder._forward_hooks
+    net(torch.rand(1, 3, 2, 2))
+    assert len(tap) == 0  # nothing recorded after the block

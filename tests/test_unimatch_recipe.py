@@ -1,16 +1,24 @@
-"""examples/UNIMATCH.md, exercised: its hunks, as printed, are applied to a UniMatch-style
-``main()`` with the same lines and indentation, which then trains two steps of a model whose
-forward returns logits only (the hook supplies SPEEDLoss's features)."""
+"""examples/unimatch.patch, exercised: it is applied to ``tests/upstream/unimatch.py`` (upstream's
+lines that the patch touches or uses as context, byte for byte), which then trains two steps of a
+model whose forward returns logits only (the hook supplies SPEEDLoss's features); the Markdown
+shows the patch's hunks exactly."""
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from patching import apply, hunks
+import pytest
+from patching import apply, markdown_hunks, patch_hunks
 
-RECIPE = (Path(__file__).resolve().parents[1] / "examples" / "UNIMATCH.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = (ROOT / "examples" / "UNIMATCH.md").read_text()
+PATCH = (ROOT / "examples" / "unimatch.patch").read_text()
+STANDIN = (ROOT / "tests" / "upstream" / "unimatch.py").read_text()
+UPSTREAM = "LiheYoung/UniMatch at commit 0324f3dd4a22128105a5eb135d2586c0bb3cc647"
 
 
 class TinyDeepLabV3Plus(nn.Module):
@@ -42,7 +50,8 @@ class TinyDeepLabV3Plus(nn.Module):
 class FakeDDP(nn.Module):
     """What DistributedDataParallel looks like to the step (a ``module`` attribute), without a process group."""
 
-    def __init__(self, module, device_ids=None, output_device=None, find_unused_parameters=False):
+    def __init__(self, module, device_ids=None, output_device=None, find_unused_parameters=False,
+                 broadcast_buffers=True):
         super().__init__()
         self.module = module
 
@@ -50,101 +59,32 @@ class FakeDDP(nn.Module):
         return self.module(*args, **kwargs)
 
 
-# UniMatch's main(), cut to what the recipe touches, with UniMatch's lines and indentation (the
-# .cuda() moves and the logging are left out). Written for this test; the recipe is applied to it.
-SOURCE = """
-def main(model, optimizer, loader, cfg, local_rank, steps):
-    criterion_l = nn.CrossEntropyLoss(ignore_index=255)
-    criterion_u = nn.CrossEntropyLoss(reduction='none')
-
-    model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank],
-                                                      output_device=local_rank, find_unused_parameters=False)
-
-    for epoch in range(1):
-        for i, ((img_x, mask_x),
-                (img_u_w, img_u_s1, img_u_s2, ignore_mask, cutmix_box1, cutmix_box2),
-                (img_u_w_mix, img_u_s1_mix, img_u_s2_mix, ignore_mask_mix, _, _)) in enumerate(loader):
-
-            with torch.no_grad():
-                model.eval()
-
-                pred_u_w_mix = model(img_u_w_mix).detach()
-                conf_u_w_mix = pred_u_w_mix.softmax(dim=1).max(dim=1)[0]
-                mask_u_w_mix = pred_u_w_mix.argmax(dim=1)
-
-            img_u_s1[cutmix_box1.unsqueeze(1).expand(img_u_s1.shape) == 1] = \\
-                img_u_s1_mix[cutmix_box1.unsqueeze(1).expand(img_u_s1.shape) == 1]
-            img_u_s2[cutmix_box2.unsqueeze(1).expand(img_u_s2.shape) == 1] = \\
-                img_u_s2_mix[cutmix_box2.unsqueeze(1).expand(img_u_s2.shape) == 1]
-
-            model.train()
-
-            num_lb, num_ulb = img_x.shape[0], img_u_w.shape[0]
-
-            preds, preds_fp = model(torch.cat((img_x, img_u_w)), True)
-            pred_x, pred_u_w = preds.split([num_lb, num_ulb])
-            pred_u_w_fp = preds_fp[num_lb:]
-
-            pred_u_s1, pred_u_s2 = model(torch.cat((img_u_s1, img_u_s2))).chunk(2)
-
-            pred_u_w = pred_u_w.detach()
-            conf_u_w = pred_u_w.softmax(dim=1).max(dim=1)[0]
-            mask_u_w = pred_u_w.argmax(dim=1)
-
-            mask_u_w_cutmixed1, conf_u_w_cutmixed1, ignore_mask_cutmixed1 = \\
-                mask_u_w.clone(), conf_u_w.clone(), ignore_mask.clone()
-            mask_u_w_cutmixed2, conf_u_w_cutmixed2, ignore_mask_cutmixed2 = \\
-                mask_u_w.clone(), conf_u_w.clone(), ignore_mask.clone()
-
-            mask_u_w_cutmixed1[cutmix_box1 == 1] = mask_u_w_mix[cutmix_box1 == 1]
-            conf_u_w_cutmixed1[cutmix_box1 == 1] = conf_u_w_mix[cutmix_box1 == 1]
-            ignore_mask_cutmixed1[cutmix_box1 == 1] = ignore_mask_mix[cutmix_box1 == 1]
-
-            mask_u_w_cutmixed2[cutmix_box2 == 1] = mask_u_w_mix[cutmix_box2 == 1]
-            conf_u_w_cutmixed2[cutmix_box2 == 1] = conf_u_w_mix[cutmix_box2 == 1]
-            ignore_mask_cutmixed2[cutmix_box2 == 1] = ignore_mask_mix[cutmix_box2 == 1]
-
-            loss_x = criterion_l(pred_x, mask_x)
-
-            loss_u_s1 = criterion_u(pred_u_s1, mask_u_w_cutmixed1)
-            loss_u_s1 = loss_u_s1 * ((conf_u_w_cutmixed1 >= cfg['conf_thresh']) & (ignore_mask_cutmixed1 != 255))
-            loss_u_s1 = torch.sum(loss_u_s1) / torch.sum(ignore_mask_cutmixed1 != 255).item()
-
-            loss_u_s2 = criterion_u(pred_u_s2, mask_u_w_cutmixed2)
-            loss_u_s2 = loss_u_s2 * ((conf_u_w_cutmixed2 >= cfg['conf_thresh']) & (ignore_mask_cutmixed2 != 255))
-            loss_u_s2 = torch.sum(loss_u_s2) / torch.sum(ignore_mask_cutmixed2 != 255).item()
-
-            loss_u_w_fp = criterion_u(pred_u_w_fp, mask_u_w)
-            loss_u_w_fp = loss_u_w_fp * ((conf_u_w >= cfg['conf_thresh']) & (ignore_mask != 255))
-            loss_u_w_fp = torch.sum(loss_u_w_fp) / torch.sum(ignore_mask != 255).item()
-
-            loss = (loss_x + loss_u_s1 * 0.25 + loss_u_s2 * 0.25 + loss_u_w_fp * 0.5) / 2.0
-
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            steps.append(dict(locals()))
-            with torch.no_grad():  # validation forwards in between: the tap must keep nothing of them
-                model.eval()
-                [model(img_u_w[:1]) for _ in range(20)]
-                model.train()
-"""
+def test_patch_names_its_upstream_commit_and_the_markdown_shows_its_hunks():
+    assert UPSTREAM in PATCH and UPSTREAM.split(" at commit ")[1] in RECIPE
+    assert markdown_hunks(RECIPE) == patch_hunks(PATCH) and len(patch_hunks(PATCH)) == 4
 
 
-def test_recipe_has_six_hunks_that_each_apply_once():
-    assert len(hunks(RECIPE)) == 6
-    patched = SOURCE
-    for hunk in hunks(RECIPE):
-        patched = apply(patched, hunk)
-    compile(patched, "unimatch.py", "exec")  # pastes as printed: no IndentationError
+def test_patch_applies_to_the_stand_in_and_leaves_no_box_paste():
+    patched = apply(STANDIN, PATCH)
+    compile(patched, "unimatch.py", "exec")
     assert "cutmix_box1 ==" not in patched and "FeatureTap" in patched
 
 
+@pytest.mark.skipif(not (shutil.which("git") and shutil.which("patch")), reason="needs git and GNU patch")
+def test_git_apply_and_gnu_patch_accept_the_patch_on_the_stand_in(tmp_path):
+    (tmp_path / "unimatch.py").write_text(STANDIN)
+    (tmp_path / "recipe.patch").write_text(PATCH)
+    for cmd in (["git", "apply", "--check", "recipe.patch"], ["patch", "-p1", "--dry-run", "-F0", "-i", "recipe.patch"]):
+        done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0, (cmd, done.stdout, done.stderr)
+        assert "FAILED" not in done.stdout and "fuzz" not in done.stdout
+
+
 def test_two_unimatch_steps_with_the_recipe_on_a_logits_only_model(monkeypatch):
-    patched = SOURCE
-    for hunk in hunks(RECIPE):
-        patched = apply(patched, hunk)
+    patched = apply(STANDIN, PATCH)
     monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", FakeDDP)
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)  # upstream moves batches to the GPU
+    monkeypatch.setattr(torch.distributed, "barrier", lambda *a, **k: None)
     env = {"torch": torch, "nn": nn, "F": F}
     exec(compile(patched, "unimatch.py", "exec"), env)
     torch.manual_seed(0)
@@ -160,7 +100,7 @@ def test_two_unimatch_steps_with_the_recipe_on_a_logits_only_model(monkeypatch):
                 (r(B, 3, 32, 32), r(B, 3, 32, 32), r(B, 3, 32, 32), torch.zeros(B, 32, 32, dtype=torch.long), box, box),
                 (r(B, 3, 32, 32), r(B, 3, 32, 32), r(B, 3, 32, 32), ignore_mix, box, box))
     steps = []
-    env["main"](model, torch.optim.SGD(model.parameters(), lr=0.01), [batch(), batch()], {"conf_thresh": 0.5}, 0, steps)
+    env["main"](model, torch.optim.SGD(model.parameters(), lr=0.01), [batch(), batch()], {"conf_thresh": 0.5, "criterion": {"name": "CELoss", "kwargs": {"ignore_index": 255}}}, 0, steps)
     assert len(steps) == 2
     for step in steps:
         assert torch.isfinite(step["loss"]) and step["loss_speed"] > 0

@@ -1,7 +1,10 @@
-"""examples/UNIMATCH_V2.md, exercised: its hunks, as printed, are applied to a UniMatch-V2-style
-``main()`` with the same lines and indentation, which then trains two steps of a DINOv2 + DPT-like
-stand-in with an EMA teacher made by ``deepcopy`` (the taps supply SPEEDLoss's inputs)."""
+"""examples/unimatch_v2.patch, exercised: it is applied to ``tests/upstream/unimatch_v2.py``
+(upstream's lines that the patch touches or uses as context, byte for byte), which then trains two
+steps of a DINOv2 + DPT-like stand-in with an EMA teacher made by ``deepcopy`` (the taps supply
+SPEEDLoss's inputs); the Markdown shows the patch's hunks exactly."""
 
+import shutil
+import subprocess
 from copy import deepcopy
 from pathlib import Path
 
@@ -9,9 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from patching import apply, hunks
+import pytest
+from patching import apply, markdown_hunks, patch_hunks
 
-RECIPE = (Path(__file__).resolve().parents[1] / "examples" / "UNIMATCH_V2.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = (ROOT / "examples" / "UNIMATCH_V2.md").read_text()
+PATCH = (ROOT / "examples" / "unimatch_v2.patch").read_text()
+STANDIN = (ROOT / "tests" / "upstream" / "unimatch_v2.py").read_text()
+UPSTREAM = "LiheYoung/UniMatch-V2 at commit f6afb4dfca2d9dcbcee2307e97717954ca75c0ba"
 
 
 class Fusion(nn.Module):
@@ -65,98 +73,48 @@ class TinyDPT(nn.Module):
         return F.interpolate(s.output_conv(p1), (h * self.patch, w * self.patch), mode="bilinear", align_corners=True)
 
 
-# UniMatch V2's main(), cut to what the recipe touches, with V2's lines and indentation (the
-# .cuda() moves, logging and checkpoints are left out). Written for this test.
-SOURCE = """
-def main(model, optimizer, loader, cfg, steps):
-    criterion_l = nn.CrossEntropyLoss(ignore_index=255)
-    criterion_u = nn.CrossEntropyLoss(reduction='none')
+class FakeDDP(nn.Module):
+    """What DistributedDataParallel looks like to the step (a ``module`` attribute), without a process group."""
 
-    model_ema = deepcopy(model)
-    model_ema.eval()
-    for param in model_ema.parameters():
-        param.requires_grad = False
+    def __init__(self, module, **kwargs):
+        super().__init__()
+        self.module = module
 
-    for epoch in range(1):
-        model.train()
-
-        for i, ((img_x, mask_x),
-                (img_u_w, img_u_s1, img_u_s2, ignore_mask, cutmix_box1, cutmix_box2)) in enumerate(loader):
-            
-            with torch.no_grad():
-                pred_u_w = model_ema(img_u_w).detach()
-                conf_u_w = pred_u_w.softmax(dim=1).max(dim=1)[0]
-                mask_u_w = pred_u_w.argmax(dim=1)
-            
-            img_u_s1[cutmix_box1.unsqueeze(1).expand(img_u_s1.shape) == 1] = img_u_s1.flip(0)[cutmix_box1.unsqueeze(1).expand(img_u_s1.shape) == 1]
-            img_u_s2[cutmix_box2.unsqueeze(1).expand(img_u_s2.shape) == 1] = img_u_s2.flip(0)[cutmix_box2.unsqueeze(1).expand(img_u_s2.shape) == 1]
-            
-            pred_x = model(img_x)
-            pred_u_s1, pred_u_s2 = model(torch.cat((img_u_s1, img_u_s2)), comp_drop=True).chunk(2)
-            
-            mask_u_w_cutmixed1, conf_u_w_cutmixed1, ignore_mask_cutmixed1 = mask_u_w.clone(), conf_u_w.clone(), ignore_mask.clone()
-            mask_u_w_cutmixed2, conf_u_w_cutmixed2, ignore_mask_cutmixed2 = mask_u_w.clone(), conf_u_w.clone(), ignore_mask.clone()
-
-            mask_u_w_cutmixed1[cutmix_box1 == 1] = mask_u_w.flip(0)[cutmix_box1 == 1]
-            conf_u_w_cutmixed1[cutmix_box1 == 1] = conf_u_w.flip(0)[cutmix_box1 == 1]
-            ignore_mask_cutmixed1[cutmix_box1 == 1] = ignore_mask.flip(0)[cutmix_box1 == 1]
-            
-            mask_u_w_cutmixed2[cutmix_box2 == 1] = mask_u_w.flip(0)[cutmix_box2 == 1]
-            conf_u_w_cutmixed2[cutmix_box2 == 1] = conf_u_w.flip(0)[cutmix_box2 == 1]
-            ignore_mask_cutmixed2[cutmix_box2 == 1] = ignore_mask.flip(0)[cutmix_box2 == 1]
-            
-            loss_x = criterion_l(pred_x, mask_x)
-
-            loss_u_s1 = criterion_u(pred_u_s1, mask_u_w_cutmixed1)
-            loss_u_s1 = loss_u_s1 * ((conf_u_w_cutmixed1 >= cfg['conf_thresh']) & (ignore_mask_cutmixed1 != 255))
-            loss_u_s1 = loss_u_s1.sum() / (ignore_mask_cutmixed1 != 255).sum().item()
-            
-            loss_u_s2 = criterion_u(pred_u_s2, mask_u_w_cutmixed2)
-            loss_u_s2 = loss_u_s2 * ((conf_u_w_cutmixed2 >= cfg['conf_thresh']) & (ignore_mask_cutmixed2 != 255))
-            loss_u_s2 = loss_u_s2.sum() / (ignore_mask_cutmixed2 != 255).sum().item()
-            
-            loss_u_s = (loss_u_s1 + loss_u_s2) / 2.0
-            
-            loss = (loss_x + loss_u_s) / 2.0
-            
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
-            iters = epoch * len(loader) + i
-            ema_ratio = min(1 - 1 / (iters + 1), 0.996)
-            
-            for param, param_ema in zip(model.parameters(), model_ema.parameters()):
-                param_ema.copy_(param_ema * ema_ratio + param.detach() * (1 - ema_ratio))
-            for buffer, buffer_ema in zip(model.buffers(), model_ema.buffers()):
-                buffer_ema.copy_(buffer_ema * ema_ratio + buffer.detach() * (1 - ema_ratio))
-            steps.append(dict(locals()))
-            with torch.no_grad():  # evaluate(model) and evaluate(model_ema): nothing is kept
-                [m(img_u_w[:1]) for m in (model, model_ema) for _ in range(10)]
-"""
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
 
 
-def patched_source() -> str:
-    out = SOURCE
-    for hunk in hunks(RECIPE):
-        out = apply(out, hunk)
-    return out
+def test_patch_names_its_upstream_commit_and_the_markdown_shows_its_hunks():
+    assert UPSTREAM in PATCH and UPSTREAM.split(" at commit ")[1] in RECIPE
+    assert markdown_hunks(RECIPE) == patch_hunks(PATCH) and len(patch_hunks(PATCH)) == 3
 
 
-def test_recipe_has_six_hunks_that_each_apply_once():
-    assert len(hunks(RECIPE)) == 6
-    source = patched_source()
-    compile(source, "unimatch_v2.py", "exec")  # pastes as printed: no IndentationError
-    assert "flip(0)[cutmix_box1" not in source and "feat_t.recording()" in source
+def test_patch_applies_to_the_stand_in_and_leaves_no_flip():
+    patched = apply(STANDIN, PATCH)
+    compile(patched, "unimatch_v2.py", "exec")
+    assert "flip(0)" not in patched and "feat_t.recording()" in patched and "within_batch" in patched
 
 
-def test_two_unimatch_v2_steps_with_an_ema_teacher_and_a_dpt_like_head():
+@pytest.mark.skipif(not (shutil.which("git") and shutil.which("patch")), reason="needs git and GNU patch")
+def test_git_apply_and_gnu_patch_accept_the_patch_on_the_stand_in(tmp_path):
+    (tmp_path / "unimatch_v2.py").write_text(STANDIN)
+    (tmp_path / "recipe.patch").write_text(PATCH)
+    for cmd in (["git", "apply", "--check", "recipe.patch"], ["patch", "-p1", "--dry-run", "-F0", "-i", "recipe.patch"]):
+        done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0, (cmd, done.stdout, done.stderr)
+        assert "FAILED" not in done.stdout and "fuzz" not in done.stdout
+
+
+@pytest.mark.parametrize("B", [2, 3, 4])
+def test_two_unimatch_v2_steps_with_an_ema_teacher_and_a_dpt_like_head(B, monkeypatch):
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", FakeDDP)
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)  # upstream moves batches to the GPU
     env = {"torch": torch, "nn": nn, "deepcopy": deepcopy}
-    exec(compile(patched_source(), "unimatch_v2.py", "exec"), env)
+    exec(compile(apply(STANDIN, PATCH), "unimatch_v2.py", "exec"), env)
     torch.manual_seed(0)
     model = TinyDPT()
     g = torch.Generator().manual_seed(0)
-    B, S = 4, 56  # a 4 x 4 patch grid of 14-pixel patches, as DINOv2's
+    S = 56  # a 4 x 4 patch grid of 14-pixel patches, as DINOv2's
 
     def batch():
         r = lambda *s: torch.rand(*s, generator=g)  # noqa: E731
@@ -164,8 +122,11 @@ def test_two_unimatch_v2_steps_with_an_ema_teacher_and_a_dpt_like_head():
         ignore = torch.zeros(B, S, S, dtype=torch.long).index_fill_(2, torch.arange(48, 56), 255)
         return ((r(B, 3, S, S), torch.randint(0, 4, (B, S, S), generator=g)),
                 (r(B, 3, S, S), r(B, 3, S, S), r(B, 3, S, S), ignore, box, box))
+    head = [p for n, p in model.named_parameters() if not n.startswith("backbone")]
+    optimizer = torch.optim.AdamW([{"params": model.backbone.parameters()}, {"params": head}], lr=1e-3)
+    cfg = {"conf_thresh": 0.3, "lr": 1e-3, "lr_multi": 10.0, "criterion": {"name": "CELoss", "kwargs": {"ignore_index": 255}}}
     steps = []
-    env["main"](model, torch.optim.AdamW(model.parameters(), lr=1e-3), [batch(), batch()], {"conf_thresh": 0.3}, steps)
+    env["main"](model, optimizer, [batch(), batch()], cfg, 0, steps)
     assert len(steps) == 2
     for step in steps:
         assert torch.isfinite(step["loss"]) and step["loss_speed"] > 0
@@ -173,11 +134,13 @@ def test_two_unimatch_v2_steps_with_an_ema_teacher_and_a_dpt_like_head():
         assert step["feat_u_s1"].shape == (B, 8, 32, 32) and step["feat_u_s1"].requires_grad
         assert not step["feat_u_w"].requires_grad
         assert step["plan1"].index.shape == (B, 4, 4)
+        for mixed in (step["img_u_s1"], step["img_u_s2"]):  # in-batch mixing never duplicates a sample
+            assert not any(torch.equal(mixed[a], mixed[b]) for a in range(B) for b in range(a))
     last = steps[-1]
     for tap in (last["feat_s"], last["logit_s"], last["feat_t"], last["logit_t"]):
         assert len(tap) == 0  # all popped; validation forwards kept nothing
         tap.close()
-    ema = last["model_ema"]
-    assert not model.head.scratch.refinenet1._forward_hooks and not ema.head.scratch.refinenet1._forward_hooks
+    net, ema = model, last["model_ema"].module
+    assert not net.head.scratch.refinenet1._forward_hooks and not ema.head.scratch.refinenet1._forward_hooks
     # the EMA teacher moved toward the student (its update is untouched by the taps)
-    assert not torch.equal(ema.backbone.weight, model.backbone.weight)
+    assert not torch.equal(ema.backbone.weight, net.backbone.weight)
