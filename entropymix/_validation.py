@@ -9,6 +9,7 @@ checks that read tensor data (and so synchronise) live beside the entropy pass i
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -169,3 +170,27 @@ def mask(name: str, valid: object, batch: Optional[int], device: Optional[torch.
     if device is not None:
         same_device(name, valid, device, others)
     return valid if valid.dtype == torch.bool else valid != ignore_index
+
+
+_WARNED: set = set()
+
+
+def deprecated(what: str, removed_in: str, instead: str, stacklevel: int = 3) -> None:
+    """Warn once per process, with ``FutureWarning`` (shown to users by default), that ``what`` goes
+    away in version ``removed_in``; ``instead`` says what to write. Every public signature or
+    behaviour that changes keeps its old form behind this for at least one minor version, with a
+    CHANGELOG line under "Deprecated".
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     deprecated("EntropyMix(foo=...)", "0.4.0", "EntropyMix(bar=...)")
+    ...     deprecated("EntropyMix(foo=...)", "0.4.0", "EntropyMix(bar=...)")  # once only
+    >>> [str(w.message) for w in caught]
+    ['EntropyMix(foo=...) is deprecated and will be removed in entropymix 0.4.0; use EntropyMix(bar=...) instead']
+    """
+    message = f"{what} is deprecated and will be removed in entropymix {removed_in}; use {instead} instead"
+    if message in _WARNED:
+        return
+    _WARNED.add(message)
+    warnings.warn(message, FutureWarning, stacklevel=stacklevel)

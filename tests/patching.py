@@ -52,3 +52,56 @@ def apply(source: str, patch: str) -> str:
         assert len(at) == 1, f"hunk found {len(at)} times (once expected):\n{hunk}"
         lines[at[0]:at[0] + len(old)] = new
     return "\n".join(lines)
+
+
+# --- what every recipe test does with its files ----------------------------------------------------
+
+def check_files(markdown: str, patch: str, upstream: str, count: int) -> None:
+    """The patch names the upstream commit it was made against, the Markdown names the commit and
+    shows the patch's ``count`` hunks exactly."""
+    assert upstream in patch and upstream.split(" at commit ")[1] in markdown
+    assert markdown_hunks(markdown) == patch_hunks(patch) and len(patch_hunks(patch)) == count
+
+
+def tools_accept(tmp_path, name: str, standin: str, patch: str) -> None:
+    """``git apply --check`` and ``patch -p1 --dry-run -F0`` accept ``patch`` on the stand-in, saved
+    as ``name`` (the file the patch names), with no fuzz."""
+    import subprocess
+    (tmp_path / name).write_text(standin)
+    (tmp_path / "recipe.patch").write_text(patch)
+    for cmd in (["git", "apply", "--check", "recipe.patch"], ["patch", "-p1", "--dry-run", "-F0", "-i", "recipe.patch"]):
+        done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0, (cmd, done.stdout, done.stderr)
+        assert "FAILED" not in done.stdout and "fuzz" not in done.stdout
+
+
+def have_tools() -> bool:
+    import shutil
+    return bool(shutil.which("git") and shutil.which("patch"))
+
+
+def single_process_gpu_free(monkeypatch) -> None:
+    """Upstream scripts wrap the model in DDP, move batches with ``.cuda()`` and call
+    ``barrier()``: in one CPU process these become a stand-in wrapper and no-ops."""
+    import torch
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", FakeDDP)
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
+    monkeypatch.setattr(torch.distributed, "barrier", lambda *a, **k: None)
+
+
+def _fake_ddp():
+    from torch import nn
+
+    class FakeDDP(nn.Module):
+        """What DistributedDataParallel looks like to a step (a ``module`` attribute), without a process group."""
+
+        def __init__(self, module, *args, **kwargs):
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args, **kwargs):
+            return self.module(*args, **kwargs)
+    return FakeDDP
+
+
+FakeDDP = _fake_ddp()

@@ -5,10 +5,10 @@ import doctest
 import pytest
 
 import entropymix
-from entropymix import functional, loss, mix, tap
+from entropymix import _validation, functional, loss, mix, tap
 
 
-@pytest.mark.parametrize("module", [functional, mix, loss, tap], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [functional, mix, loss, tap, _validation], ids=lambda m: m.__name__)
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
                              extraglobs={"torch": __import__("torch")})

@@ -3,8 +3,6 @@ lines that the patch touches or uses as context, byte for byte), which then trai
 model whose forward returns logits only (the hook supplies SPEEDLoss's features); the Markdown
 shows the patch's hunks exactly."""
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import torch
@@ -12,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pytest
-from patching import apply, markdown_hunks, patch_hunks
+from patching import apply, check_files, have_tools, single_process_gpu_free, tools_accept
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = (ROOT / "examples" / "UNIMATCH.md").read_text()
@@ -47,21 +45,8 @@ class TinyDeepLabV3Plus(nn.Module):
         return self.classifier(self.fuse(torch.cat([self.reduce(c1), c4], 1)))
 
 
-class FakeDDP(nn.Module):
-    """What DistributedDataParallel looks like to the step (a ``module`` attribute), without a process group."""
-
-    def __init__(self, module, device_ids=None, output_device=None, find_unused_parameters=False,
-                 broadcast_buffers=True):
-        super().__init__()
-        self.module = module
-
-    def forward(self, *args, **kwargs):
-        return self.module(*args, **kwargs)
-
-
 def test_patch_names_its_upstream_commit_and_the_markdown_shows_its_hunks():
-    assert UPSTREAM in PATCH and UPSTREAM.split(" at commit ")[1] in RECIPE
-    assert markdown_hunks(RECIPE) == patch_hunks(PATCH) and len(patch_hunks(PATCH)) == 4
+    check_files(RECIPE, PATCH, UPSTREAM, 4)
 
 
 def test_patch_applies_to_the_stand_in_and_leaves_no_box_paste():
@@ -70,21 +55,14 @@ def test_patch_applies_to_the_stand_in_and_leaves_no_box_paste():
     assert "cutmix_box1 ==" not in patched and "FeatureTap" in patched
 
 
-@pytest.mark.skipif(not (shutil.which("git") and shutil.which("patch")), reason="needs git and GNU patch")
+@pytest.mark.skipif(not have_tools(), reason="needs git and GNU patch")
 def test_git_apply_and_gnu_patch_accept_the_patch_on_the_stand_in(tmp_path):
-    (tmp_path / "unimatch.py").write_text(STANDIN)
-    (tmp_path / "recipe.patch").write_text(PATCH)
-    for cmd in (["git", "apply", "--check", "recipe.patch"], ["patch", "-p1", "--dry-run", "-F0", "-i", "recipe.patch"]):
-        done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
-        assert done.returncode == 0, (cmd, done.stdout, done.stderr)
-        assert "FAILED" not in done.stdout and "fuzz" not in done.stdout
+    tools_accept(tmp_path, "unimatch.py", STANDIN, PATCH)
 
 
 def test_two_unimatch_steps_with_the_recipe_on_a_logits_only_model(monkeypatch):
     patched = apply(STANDIN, PATCH)
-    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", FakeDDP)
-    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)  # upstream moves batches to the GPU
-    monkeypatch.setattr(torch.distributed, "barrier", lambda *a, **k: None)
+    single_process_gpu_free(monkeypatch)
     env = {"torch": torch, "nn": nn, "F": F}
     exec(compile(patched, "unimatch.py", "exec"), env)
     torch.manual_seed(0)

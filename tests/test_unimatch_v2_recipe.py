@@ -3,8 +3,6 @@
 steps of a DINOv2 + DPT-like stand-in with an EMA teacher made by ``deepcopy`` (the taps supply
 SPEEDLoss's inputs); the Markdown shows the patch's hunks exactly."""
 
-import shutil
-import subprocess
 from copy import deepcopy
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pytest
-from patching import apply, markdown_hunks, patch_hunks
+from patching import apply, check_files, have_tools, single_process_gpu_free, tools_accept
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = (ROOT / "examples" / "UNIMATCH_V2.md").read_text()
@@ -73,20 +71,8 @@ class TinyDPT(nn.Module):
         return F.interpolate(s.output_conv(p1), (h * self.patch, w * self.patch), mode="bilinear", align_corners=True)
 
 
-class FakeDDP(nn.Module):
-    """What DistributedDataParallel looks like to the step (a ``module`` attribute), without a process group."""
-
-    def __init__(self, module, **kwargs):
-        super().__init__()
-        self.module = module
-
-    def forward(self, *args, **kwargs):
-        return self.module(*args, **kwargs)
-
-
 def test_patch_names_its_upstream_commit_and_the_markdown_shows_its_hunks():
-    assert UPSTREAM in PATCH and UPSTREAM.split(" at commit ")[1] in RECIPE
-    assert markdown_hunks(RECIPE) == patch_hunks(PATCH) and len(patch_hunks(PATCH)) == 3
+    check_files(RECIPE, PATCH, UPSTREAM, 3)
 
 
 def test_patch_applies_to_the_stand_in_and_leaves_no_flip():
@@ -95,20 +81,14 @@ def test_patch_applies_to_the_stand_in_and_leaves_no_flip():
     assert "flip(0)" not in patched and "feat_t.recording()" in patched and "within_batch" in patched
 
 
-@pytest.mark.skipif(not (shutil.which("git") and shutil.which("patch")), reason="needs git and GNU patch")
+@pytest.mark.skipif(not have_tools(), reason="needs git and GNU patch")
 def test_git_apply_and_gnu_patch_accept_the_patch_on_the_stand_in(tmp_path):
-    (tmp_path / "unimatch_v2.py").write_text(STANDIN)
-    (tmp_path / "recipe.patch").write_text(PATCH)
-    for cmd in (["git", "apply", "--check", "recipe.patch"], ["patch", "-p1", "--dry-run", "-F0", "-i", "recipe.patch"]):
-        done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
-        assert done.returncode == 0, (cmd, done.stdout, done.stderr)
-        assert "FAILED" not in done.stdout and "fuzz" not in done.stdout
+    tools_accept(tmp_path, "unimatch_v2.py", STANDIN, PATCH)
 
 
 @pytest.mark.parametrize("B", [2, 3, 4])
 def test_two_unimatch_v2_steps_with_an_ema_teacher_and_a_dpt_like_head(B, monkeypatch):
-    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", FakeDDP)
-    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)  # upstream moves batches to the GPU
+    single_process_gpu_free(monkeypatch)
     env = {"torch": torch, "nn": nn, "deepcopy": deepcopy}
     exec(compile(apply(STANDIN, PATCH), "unimatch_v2.py", "exec"), env)
     torch.manual_seed(0)
