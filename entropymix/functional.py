@@ -297,41 +297,66 @@ def _assignment(n: int, g: int, device: torch.device) -> Tensor:
     return (_cells(n, g, device)[None, :] == torch.arange(g, device=device)[:, None]).float()
 
 
-def resize_nearest(x: Tensor, size: Tuple[int, int]) -> Tensor:
-    """Nearest resize of the last two dims by the grid rule: ``out[..., y, x] = x[..., floor(y * h / H), floor(x * w / W)]``.
+def resize_nearest(x: Tensor, size: Sequence[int]) -> Tensor:
+    """Nearest resize of the last ``len(size)`` dims by the grid rule: along each axis, element ``i``
+    of the output (length ``n``) reads element ``floor(i * m / n)`` of the input (length ``m``).
 
-    Works for any dtype (bool masks, labels); a no-op view when the size already matches.
-    Unlike ``F.interpolate(mode="nearest")`` it is exactly the rule used by plans, so a mask
-    resized here lines up with a plan applied at the same size.
+    Works for any dtype (bool masks, labels) and 2 or 3 spatial dims; a no-op view when the size
+    already matches. Unlike ``F.interpolate(mode="nearest")`` it is exactly the rule used by
+    plans, so a mask resized here lines up with a plan applied at the same size.
 
     >>> resize_nearest(torch.tensor([[1, 2]]), (1, 5))      # 5 columns over 2 cells: 3 + 2
     tensor([[1, 1, 1, 2, 2]])
     """
-    h, w = x.shape[-2:]
-    H, W = size
-    if (h, w) == (H, W):
+    size = tuple(size)
+    have = tuple(x.shape[-len(size):])
+    if have == size:
         return x
-    if h == 0 or w == 0:
+    if 0 in have:
         raise ValueError(f"cannot resize an empty map of shape {validate.shape(x)}")
-    x = x.index_select(-2, _cells(H, h, x.device))
-    return x.index_select(-1, _cells(W, w, x.device))
+    for axis, (m, n) in enumerate(zip(have, size), start=x.dim() - len(size)):
+        x = x.index_select(axis, _cells(n, m, x.device))
+    return x
+
+
+def _outer(vectors: Sequence[Tensor]) -> Tensor:
+    """``v0[:, None] * v1[None, :]`` (and so on, one axis per vector)."""
+    if len(vectors) == 2:
+        return vectors[0][:, None] * vectors[1][None, :]
+    out = vectors[0]
+    for v in vectors[1:]:
+        out = out[..., None] * v
+    return out
+
+
+def _cell_sums(x: Tensor, assignments: Sequence[Tensor]) -> Tensor:
+    """Sums of ``x`` over the cells of its last ``len(assignments)`` dims; ``assignments[d]`` is the
+    ``(g, n)`` 0/1 matrix of axis ``d``. Small matmuls: deterministic, batched, no per-cell loop."""
+    if len(assignments) == 2:
+        return assignments[0] @ x @ assignments[1].t()
+    for d, a in enumerate(assignments):
+        axis = x.dim() - len(assignments) + d
+        x = (x.movedim(axis, -1) @ a.t()).movedim(-1, axis)
+    return x
 
 
 def patch_entropy(entropy: Tensor, grid: Grid, valid: Optional[Tensor] = None, *, ignore_index: int = 255,
                   return_valid: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
-    """Mean entropy of each grid cell over its valid pixels.
+    """Mean entropy of each grid cell over its valid pixels (voxels).
 
     Args:
-        entropy: ``(*, h, w)`` per-pixel entropy (e.g. from :func:`entropy`).
-        grid: ``(gh, gw)`` cells, or an int for a square grid; at most ``(h, w)``.
-        valid: optional ``(*, h', w')`` bool mask of pixels to count, or an integer label map
+        entropy: ``(*, h, w)`` per-pixel entropy (e.g. from :func:`entropy`), or ``(*, x, y, z)``
+            for a 3-D grid.
+        grid: ``(gh, gw)`` cells, an int for a square 2-D grid, or ``(g1, g2, g3)`` for volumes;
+            at most the map's size on every axis.
+        valid: optional ``(*, h', w')`` (``(*, x', y', z')``) bool mask of pixels to count, or an integer label map
             whose ``ignore_index`` pixels are invalid; resized to ``(h, w)`` by the grid rule
             when its resolution differs. Values at invalid pixels (NaN included) never matter.
         ignore_index: the invalid label of an integer ``valid``.
         return_valid: also return the bool ``(*, gh, gw)`` map of cells with a valid pixel.
 
     Returns:
-        ``(*, gh, gw)`` float32 mean entropy; a cell without valid pixels gets 0 (and ``False``
+        ``(*, gh, gw)`` (``(*, g1, g2, g3)``) float32 mean entropy; a cell without valid pixels gets 0 (and ``False``
         in the returned cell mask, which :func:`select_views` uses so that it is never preferred).
         Computed in float32 under ``torch.autocast`` too (pixel counts stay exact).
 
@@ -343,34 +368,38 @@ def patch_entropy(entropy: Tensor, grid: Grid, valid: Optional[Tensor] = None, *
     tensor([[3.5000]])
     """
     validate.tensor("entropy", entropy, floating=True)
-    if entropy.dim() < 2:
-        raise ValueError(f"entropy must have at least 2 dims (*, h, w), got shape {validate.shape(entropy)}")
-    gh, gw = validate.pair("grid", grid)
-    h, w = entropy.shape[-2:]
-    if gh > h or gw > w:
-        raise ValueError(f"grid {(gh, gw)} is larger than the entropy map {(h, w)} (shape {validate.shape(entropy)})")
+    grid = validate.dims("grid", grid)  # an int: a square 2-D grid; a tuple: one count per spatial axis
+    n = len(grid)
+    if n == 3 and entropy.dim() < 4:  # (B, h, w) is a batch of 2-D maps: a 3-D grid needs (B, x, y, z)
+        raise TypeError(f"grid must be an int or a pair of ints for entropy of shape {validate.shape(entropy)}, "
+                        f"a batch of 2-D maps; a 3-D grid {grid} needs (B, x, y, z) entropy")
+    if entropy.dim() < n:
+        raise ValueError(f"entropy must have at least {n} dims (*, {', '.join('hw' if n == 2 else 'xyz')}), "
+                         f"got shape {validate.shape(entropy)}")
+    size = tuple(entropy.shape[entropy.dim() - n:])
+    if any(g > m for g, m in zip(grid, size)):
+        raise ValueError(f"grid {grid} is larger than the entropy map {size} (shape {validate.shape(entropy)})")
+    lead = entropy.shape[:entropy.dim() - n]
     mask = None
     if valid is not None:
         mask = validate.mask("valid", valid, None, None, ignore_index, ndim=None)
-        if mask.shape[:-2] != entropy.shape[:-2] or mask.dim() != entropy.dim():
-            raise ValueError(f"valid must have shape (*, h, w) with * = {tuple(entropy.shape[:-2])}, "
+        if mask.shape[:mask.dim() - n] != lead or mask.dim() != entropy.dim():
+            raise ValueError(f"valid must have shape (*, {', '.join('hw' if n == 2 else 'xyz')}) with * = {tuple(lead)}, "
                              f"got {validate.shape(valid)} for entropy {validate.shape(entropy)}")
         if mask.device != entropy.device:
             raise ValueError(f"valid is on {mask.device} but entropy is on {entropy.device}")
-        mask = resize_nearest(mask, (h, w))
+        mask = resize_nearest(mask, size)
     with _float32_math(entropy.device):
         # where, not a product: a NaN or inf at an invalid pixel must not reach its cell.
         ent = entropy.float() if mask is None else torch.where(mask, entropy.float(), 0.0)
-        rows = _assignment(h, gh, entropy.device)            # (gh, h)
-        cols = _assignment(w, gw, entropy.device).t()        # (w, gw)
-        # Cell sums as two small matmuls: deterministic, batched, and no per-cell loop.
-        sums = rows @ ent @ cols
+        assign = [_assignment(m, g, entropy.device) for m, g in zip(size, grid)]   # (g, m) per axis
+        sums = _cell_sums(ent, assign)
         if mask is None:
-            counts = rows.sum(1)[:, None] * cols.sum(0)[None, :]
+            counts = _outer([a.sum(1) for a in assign])
             means = sums / counts
             nonempty = torch.ones_like(means, dtype=torch.bool)
         else:
-            counts = rows @ mask.float() @ cols
+            counts = _cell_sums(mask.float(), assign)
             nonempty = counts > 0
             means = sums / counts.clamp_min(1)
     return (means, nonempty) if return_valid else means
@@ -391,23 +420,23 @@ def select_views(patch_entropy: Tensor, mode: str = "max", temperature: float = 
     """Choose a source view for every cell.
 
     Args:
-        patch_entropy: ``(V, B, gh, gw)`` cell entropies of the V views.
+        patch_entropy: ``(V, B, gh, gw)`` (or ``(V, B, g1, g2, g3)``) cell entropies of the V views.
         mode: ``"max"`` (most uncertain view), ``"min"``, ``"sample"`` (categorical with
             probabilities ``softmax(E / temperature)`` over views) or ``"random"`` (uniform,
             entropy and validity ignored: a grid-CutMix baseline).
         temperature: softmax temperature of ``"sample"``, > 0.
         generator: random source of ``"sample"`` / ``"random"``.
-        valid: optional bool ``(V, B, gh, gw)`` cells that hold a valid pixel; an empty cell is
+        valid: optional bool cells shaped like ``patch_entropy`` that hold a valid pixel; an empty cell is
             never preferred over a non-empty one. Ties go to the lowest view index.
 
     Returns:
-        ``(B, gh, gw)`` int64 view index.
+        ``(B, *grid)`` int64 view index.
 
     >>> cells = torch.tensor([[[[0.1, 0.9]]], [[[0.5, 0.2]]]])  # V=2 views, B=1, a 1 x 2 grid
     >>> select_views(cells, "max")
     tensor([[[1, 0]]])
     """
-    validate.tensor("patch_entropy", patch_entropy, ndim=(4,), floating=True)
+    validate.tensor("patch_entropy", patch_entropy, ndim=(4, 5), floating=True, volumes=True)
     validate.generator(generator)
     validate.choice("mode", mode, SELECT_MODES)
     validate.positive("temperature", temperature)
@@ -442,22 +471,24 @@ def select_views(patch_entropy: Tensor, mode: str = "max", temperature: float = 
 # Applying a plan
 # ----------------------------------------------------------------------------------------------
 
-def source_map(index: Tensor, size: Tuple[int, int]) -> Tensor:
-    """``(B, h, w)`` source view of every pixel at resolution ``size`` for a ``(B, gh, gw)`` plan index."""
-    validate.tensor("index", index, ndim=(3,))
-    return resize_nearest(index, size)
+def source_map(index: Tensor, size: Sequence[int]) -> Tensor:
+    """``(B, *size)`` source view of every pixel (voxel) for a ``(B, gh, gw)`` (``(B, g1, g2, g3)``)
+    plan index."""
+    validate.tensor("index", index, ndim=(3, 4), volumes=True)
+    return resize_nearest(index, validate.dims("size", tuple(size), index.dim() - 1))
 
 
 def apply_plan(index: Tensor, tensors: Sequence[Tensor], *, num_views: Optional[int] = None) -> Tensor:
     """Compose one tensor from V by a plan: a pure gather, values are never interpolated.
 
     Pixel ``(y, x)`` of sample ``b`` is ``tensors[v][b, ..., y, x]`` with
-    ``v = index[b, floor(y * gh / h), floor(x * gw / w)]``.
+    ``v = index[b, floor(y * gh / h), floor(x * gw / w)]``; volumes follow the same rule per axis.
 
     Args:
-        index: ``(B, gh, gw)`` int64 plan (a pixel plan is ``(B, H, W)``).
-        tensors: V tensors of one shape ``(B, h, w)`` or ``(B, C, h, w)`` and one device, any
-            resolution; ``index`` must be in ``[0, V)``.
+        index: ``(B, gh, gw)`` int64 plan (a pixel plan is ``(B, H, W)``), or ``(B, g1, g2, g3)``
+            (``(B, X, Y, Z)``) for volumes.
+        tensors: V tensors of one shape ``(B, *s)`` or ``(B, C, *s)`` with as many spatial dims
+            as the plan, and one device, any resolution; ``index`` must be in ``[0, V)``.
         num_views: the plan's view count, to check ``len(tensors)`` against.
 
     Returns:
@@ -474,8 +505,9 @@ def apply_plan(index: Tensor, tensors: Sequence[Tensor], *, num_views: Optional[
     return _mix(_view_masks(index, len(tensors), size), tensors)
 
 
-def _check_plan_inputs(index: Tensor, tensors: Sequence[Tensor], num_views: Optional[int]) -> Tuple[int, int]:
-    validate.tensor("index", index, ndim=(3,))
+def _check_plan_inputs(index: Tensor, tensors: Sequence[Tensor], num_views: Optional[int]) -> Tuple[int, ...]:
+    validate.tensor("index", index, ndim=(3, 4), volumes=True)
+    n = index.dim() - 1  # spatial dims
     if index.dtype != torch.int64:
         raise TypeError(f"index must be int64, got {index.dtype}")
     V = len(validate.sequence("tensors", tensors))
@@ -483,7 +515,7 @@ def _check_plan_inputs(index: Tensor, tensors: Sequence[Tensor], num_views: Opti
         raise ValueError(f"the plan mixes {num_views} views but {V} tensors were given")
     if V < 1:
         raise ValueError("tensors is empty")
-    first = validate.tensor("tensors[0]", tensors[0], ndim=(3, 4))
+    first = validate.tensor("tensors[0]", tensors[0], ndim=(n + 1, n + 2))
     for v, t in enumerate(tensors):
         validate.tensor(f"tensors[{v}]", t)
         if t.shape != first.shape or t.device != first.device:
@@ -493,11 +525,11 @@ def _check_plan_inputs(index: Tensor, tensors: Sequence[Tensor], num_views: Opti
         raise ValueError(f"batch size mismatch: index {validate.shape(index)} vs tensors {validate.shape(first)}")
     if index.device != first.device:
         raise ValueError(f"index is on {index.device} but tensors are on {first.device}")
-    return first.shape[-2], first.shape[-1]
+    return tuple(first.shape[-n:])
 
 
-def _view_masks(index: Tensor, num_views: int, size: Tuple[int, int]) -> List[Tensor]:
-    """Bool ``(B, h, w)`` pixel masks of views ``1 .. V-1``: compared at cell level, then resized."""
+def _view_masks(index: Tensor, num_views: int, size: Sequence[int]) -> List[Tensor]:
+    """Bool ``(B, *size)`` pixel masks of views ``1 .. V-1``: compared at cell level, then resized."""
     return [resize_nearest(index == v, size) for v in range(1, num_views)]
 
 
@@ -506,7 +538,7 @@ def _mix(masks: Sequence[Tensor], tensors: Sequence[Tensor]) -> Tensor:
     for mask, t in zip(masks, tensors[1:]):
         # A (B, 1, h, w) mask broadcasts over channels, so the select never copies it; where()
         # promotes mixed dtypes step by step, which ends at the promotion of them all.
-        out = torch.where(mask[:, None] if t.dim() == 4 else mask, t, out)
+        out = torch.where(mask[:, None] if t.dim() > mask.dim() else mask, t, out)
     return out.clone() if len(tensors) == 1 else out
 
 
@@ -572,57 +604,84 @@ def distinct_within_batch(index: Tensor) -> Tensor:
 _CUTMIX_TRIES = 128
 
 
-def cutmix_boxes(batch_size: int, size: Tuple[int, int], p: float = 0.5, size_min: float = 0.02,
+def cutmix_boxes(batch_size: int, size: Sequence[int], p: float = 0.5, size_min: float = 0.02,
                  size_max: float = 0.4, ratio: Tuple[float, float] = (0.3, 1 / 0.3), *,
+                 share: Optional[float] = None, shared: bool = False,
                  generator: Optional[torch.Generator] = None,
                  device: Optional[Union[str, torch.device]] = None) -> Tensor:
-    """One random box per sample with UniMatch's ``obtain_cutmix_box`` statistics, batched.
+    """One random box (a cuboid for volumes) per sample, batched.
 
-    With probability ``p`` a sample gets a box of area ``U(size_min, size_max) * H * W`` and
-    aspect ``h / w = U(ratio)``, whose top-left corner is uniform among the positions where it
-    fits. UniMatch draws aspect and position again until the box fits; here 128 candidates are
-    drawn at once and the first that fits is kept, the same distribution (if none fits, which
-    happens with probability below 1e-4 at the default sizes, the last aspect is kept and the
-    box is shifted inside the image).
+    **UniMatch's statistics** (``obtain_cutmix_box``, the default): with probability ``p`` a sample
+    gets a box of area ``U(size_min, size_max) * H * W`` and aspect ``h / w = U(ratio)``, whose
+    corner is uniform among the positions where it fits. UniMatch draws aspect and position again
+    until the box fits; here 128 candidates are drawn at once and the first that fits is kept, the
+    same distribution (if none fits, which happens with probability below 1e-4 at the default
+    sizes, the last aspect is kept and the box is shifted inside the image). For a volume
+    ``(X, Y, Z)`` the same holds per axis: volume ``U(size_min, size_max) * X * Y * Z``, and for
+    each axis ``d >= 1`` an aspect ``side_0 / side_d = U(ratio)``, drawn independently.
+
+    **BCP's form** (``share=`` given, e.g. ``2 / 3``): a box of ``floor(share * n)`` elements on
+    every axis of length ``n``, at a uniform position among all where it fits (BCP's
+    ``context_mask`` draws ``randint(0, n - side)``, which never reaches the last one);
+    ``size_min``, ``size_max`` and ``ratio`` are not used.
+
+    ``shared=True`` draws one box for the whole batch (BCP shares it); ``p`` still decides, per
+    sample, whether a sample gets it.
 
     Returns:
-        ``(B, H, W)`` int64 pixel plan: 1 inside the box (taken from the second view), else 0.
+        ``(B, *size)`` int64 pixel plan: 1 inside the box (taken from the second view), else 0.
 
     >>> boxes = cutmix_boxes(4, (32, 32), p=1.0, generator=torch.Generator().manual_seed(0))
     >>> boxes.shape, bool(((boxes.float().mean((1, 2)) >= 0.0) & (boxes.float().mean((1, 2)) <= 0.4)).all())
     (torch.Size([4, 32, 32]), True)
+    >>> cube = cutmix_boxes(2, (12, 12, 9), p=1.0, share=2 / 3, shared=True)   # BCP: 8 x 8 x 6, shared
+    >>> cube.shape, int(cube[0].sum()), torch.equal(cube[0], cube[1])
+    (torch.Size([2, 12, 12, 9]), 384, True)
     """
     if not isinstance(batch_size, int) or batch_size < 0:
         raise ValueError(f"batch_size must be a non-negative int, got {batch_size!r}")
-    H, W = validate.pair("size", size)
+    size = validate.dims("size", tuple(size) if isinstance(size, (tuple, list)) else size)
     validate.probability("p", p)
     if not 0.0 <= size_min <= size_max <= 1.0:
         raise ValueError(f"need 0 <= size_min <= size_max <= 1, got size_min={size_min!r}, size_max={size_max!r}")
     if len(ratio) != 2 or not 0.0 < ratio[0] <= ratio[1]:
         raise ValueError(f"ratio must be (low, high) with 0 < low <= high, got {ratio!r}")
+    if share is not None and not (isinstance(share, (int, float)) and not isinstance(share, bool) and 0.0 < share <= 1.0):
+        raise ValueError(f"share must be in (0, 1], got {share!r}")
     validate.generator(generator)
     device = torch.device(device) if device is not None else (
         generator.device if generator is not None else torch.device("cpu"))
-    B, T = batch_size, _CUTMIX_TRIES
-    u = _uniform((B, 2 + 3 * T), device, generator).double()
-    mixed = u[:, 0] < p
-    area = (size_min + (size_max - size_min) * u[:, 1:2]) * (H * W)            # (B, 1)
-    r = ratio[0] + (ratio[1] - ratio[0]) * u[:, 2:2 + T]                        # (B, T)
-    bw = torch.sqrt(area / r).floor()
-    bh = torch.sqrt(area * r).floor()
-    x0 = (u[:, 2 + T:2 + 2 * T] * W).floor()
-    y0 = (u[:, 2 + 2 * T:] * H).floor()
-    fits = (x0 + bw <= W) & (y0 + bh <= H)
-    # First candidate that fits (argmax of a bool finds the first True); none fits -> the last.
-    pick = torch.where(fits.any(1), fits.byte().argmax(1), T - 1)[:, None]
-    bw, bh = bw.gather(1, pick).clamp(max=W), bh.gather(1, pick).clamp(max=H)
-    x0 = torch.minimum(x0.gather(1, pick), W - bw)
-    y0 = torch.minimum(y0.gather(1, pick), H - bh)
-    ys = torch.arange(H, device=device, dtype=torch.float64)[None, :, None]
-    xs = torch.arange(W, device=device, dtype=torch.float64)[None, None, :]
-    inside = ((ys >= y0[:, :, None]) & (ys < (y0 + bh)[:, :, None])
-              & (xs >= x0[:, :, None]) & (xs < (x0 + bw)[:, :, None]))
-    return (inside & mixed[:, None, None]).long()
+    n, T = len(size), _CUTMIX_TRIES
+    B = 1 if shared else batch_size
+    dims = torch.tensor(size, device=device, dtype=torch.float64)                       # (n,)
+    if share is not None:
+        u = _uniform((B, 1 + n), device, generator).double()
+        sides = (share * dims).floor().clamp_min(1).expand(B, n)
+        corner = (u[:, 1:] * (dims - sides + 1)).floor()
+    else:
+        u = _uniform((B, 2 + (2 * n - 1) * T), device, generator).double()
+        amount = (size_min + (size_max - size_min) * u[:, 1:2]) * math.prod(size)        # (B, 1)
+        r = [ratio[0] + (ratio[1] - ratio[0]) * u[:, 2 + d * T:2 + (d + 1) * T] for d in range(n - 1)]
+        if n == 2:  # UniMatch's own expressions: the same boxes, bit for bit
+            sides = [torch.sqrt(amount * r[0]).floor(), torch.sqrt(amount / r[0]).floor()]
+        else:       # side_0 = (volume * r_1 * r_2)^(1/3), side_d = side_0 / r_d
+            first = (amount * math.prod(r)) ** (1 / n)
+            sides = [first.floor()] + [(first / rd).floor() for rd in r]
+        # corners, last axis first (the 2-D order: x, then y), T candidates each
+        base = 2 + (n - 1) * T
+        starts = {d: (u[:, base + k * T:base + (k + 1) * T] * size[d]).floor() for k, d in enumerate(reversed(range(n)))}
+        fits = torch.stack([starts[d] + sides[d] <= size[d] for d in range(n)]).all(0)
+        # First candidate that fits (argmax of a bool finds the first True); none fits -> the last.
+        pick = torch.where(fits.any(1), fits.byte().argmax(1), T - 1)[:, None]
+        sides = torch.cat([sides[d].gather(1, pick).clamp(max=size[d]) for d in range(n)], 1)  # (B, n)
+        corner = torch.minimum(torch.cat([starts[d].gather(1, pick) for d in range(n)], 1), dims - sides)
+    inside = torch.ones((), dtype=torch.bool, device=device)
+    for d in range(n):
+        coord = torch.arange(size[d], device=device, dtype=torch.float64).view(1, *[-1 if e == d else 1 for e in range(n)])
+        lo, hi = (t[:, d].view(-1, *[1] * n) for t in (corner, corner + sides))
+        inside = inside & (coord >= lo) & (coord < hi)
+    mixed = _uniform((batch_size,), device, generator) < p if shared else u[:, 0] < p
+    return (inside.expand(batch_size, *size) & mixed.view(-1, *[1] * n)).long()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -638,7 +697,8 @@ def classmix_masks(labels: Tensor, num_classes: int, valid: Optional[Tensor] = N
     (random keys ranked per sample: no loop, no synchronisation).
 
     Args:
-        labels: ``(B, h, w)`` int64 class map in ``[0, num_classes)`` (e.g. the teacher's argmax).
+        labels: ``(B, h, w)`` (or ``(B, x, y, z)``) int64 class map in ``[0, num_classes)`` (e.g. the
+            teacher's argmax).
         num_classes: ``K``.
         valid: optional bool ``(B, h, w)`` mask; invalid pixels are neither counted nor pasted.
         generator: random source.
@@ -651,14 +711,14 @@ def classmix_masks(labels: Tensor, num_classes: int, valid: Optional[Tensor] = N
     >>> int(classmix_masks(labels, 4, generator=torch.Generator().manual_seed(0)).sum())
     2
     """
-    validate.tensor("labels", labels, ndim=(3,))
+    validate.tensor("labels", labels, ndim=(3, 4), volumes=True)
     validate.generator(generator)
     if labels.dtype != torch.int64:
         raise TypeError(f"labels must be int64 class indices, got {labels.dtype} {validate.shape(labels)}")
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if valid is not None:
-        validate.tensor("valid", valid, ndim=(3,))
+        validate.tensor("valid", valid, ndim=(labels.dim(),))
         if valid.dtype != torch.bool or valid.shape != labels.shape or valid.device != labels.device:
             raise ValueError(f"valid must be a bool mask shaped like labels {validate.shape(labels)} on {labels.device}, "
                              f"got {valid.dtype} {validate.shape(valid)} on {valid.device}")

@@ -9,7 +9,7 @@ connected to the graph when no pixel is valid.
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -22,20 +22,21 @@ __all__ = ["SPEEDLoss", "relation_distillation", "logit_distillation", "RELATION
 RELATION_METHODS = ("auto", "gram", "naive")
 
 
-def _valid_mask(valid: Optional[Tensor], batch: int, size: Tuple[int, int], ignore_index: int,
+def _valid_mask(valid: Optional[Tensor], batch: int, size: Sequence[int], ignore_index: int,
                 device: torch.device) -> Tensor:
-    """Bool ``(B, h, w)`` mask at ``size`` from a bool mask or an integer label map at any resolution."""
+    """Bool ``(B, *size)`` mask from a bool mask or an integer label map at any resolution."""
     if valid is None:
         return torch.ones(batch, *size, dtype=torch.bool, device=device)
-    return resize_nearest(validate.mask("valid", valid, batch, device, ignore_index), size)
+    return resize_nearest(validate.mask("valid", valid, batch, device, ignore_index, ndim=(len(size) + 1,)), size)
 
 
 def _check_pair(name: str, student: Tensor, teacher: Tensor, same_channels: bool) -> None:
-    validate.tensor(f"student_{name}", student, ndim=(4,), floating=True)
-    validate.tensor(f"teacher_{name}", teacher, ndim=(4,), floating=True)
+    validate.tensor(f"student_{name}", student, ndim=(4, 5), floating=True, volumes=True)
+    validate.tensor(f"teacher_{name}", teacher, ndim=(4, 5), floating=True, volumes=True)
     s, t = student.shape, teacher.shape
     if (s if same_channels else (s[0], *s[2:])) != (t if same_channels else (t[0], *t[2:])):
-        want = "(B, K, h, w)" if same_channels else "(B, *, h, w)"
+        axes = "h, w" if student.dim() == 4 else "x, y, z"
+        want = f"(B, K, {axes})" if same_channels else f"(B, *, {axes})"
         raise ValueError(f"student_{name} and teacher_{name} must share {want}: "
                          f"got {validate.shape(student)} and {validate.shape(teacher)}")
     validate.same_device(f"student_{name}", student, teacher.device, f"teacher_{name} is")
@@ -87,8 +88,8 @@ def logit_distillation(student_logits: Tensor, teacher_logits: Tensor, valid: Op
     """
     _check_pair("logits", student_logits, teacher_logits, same_channels=True)
     validate.positive("temperature", temperature)
-    B, K, h, w = student_logits.shape
-    mask = _valid_mask(valid, B, (h, w), ignore_index, student_logits.device)
+    B, K, *S = student_logits.shape
+    mask = _valid_mask(valid, B, S, ignore_index, student_logits.device)
     if check_values:
         _check_finite("student_logits", student_logits, mask)
         _check_finite("teacher_logits", teacher_logits, mask, allow_neg_inf=True)
@@ -193,14 +194,14 @@ def relation_distillation(student_features: Tensor, teacher_features: Tensor, va
     """
     _check_pair("features", student_features, teacher_features, same_channels=False)
     validate.choice("method", method, RELATION_METHODS)
-    B, d_s, h, w = student_features.shape
+    B, d_s, *S = student_features.shape
     d_t = teacher_features.shape[1]
-    mask = _valid_mask(valid, B, (h, w), ignore_index, student_features.device)
+    mask = _valid_mask(valid, B, S, ignore_index, student_features.device)
     if check_values:
         _check_finite("student_features", student_features, mask)
         _check_finite("teacher_features", teacher_features, mask)
     if method == "auto":
-        gram_cost, naive_cost = _relation_cost(h * w, d_s, d_t)
+        gram_cost, naive_cost = _relation_cost(math.prod(S), d_s, d_t)
         method = "gram" if gram_cost <= naive_cost else "naive"
     # float32 matmuls even under autocast: the Gram identity cancels catastrophically in bfloat16.
     with _float32_math(student_features.device):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import InitVar, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -43,12 +44,12 @@ class MixPlan:
     _masks: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self, check: bool) -> None:
-        validate.tensor("index", self.index, ndim=(3,))
+        validate.tensor("index", self.index, ndim=(3, 4), volumes=True)
         if self.index.dtype != torch.int64:
             raise TypeError(f"index must be int64, got {self.index.dtype} {validate.shape(self.index)}")
         if isinstance(self.num_views, bool) or not isinstance(self.num_views, int) or self.num_views < 1:
             raise ValueError(f"num_views must be a positive int, got {self.num_views!r}")
-        object.__setattr__(self, "size", validate.pair("size", tuple(self.size)))
+        object.__setattr__(self, "size", validate.dims("size", tuple(self.size), self.index.dim() - 1))
         if check and self.index.numel() and self.index.device.type != "meta":
             lo, hi = int(self.index.min()), int(self.index.max())
             if lo < 0 or hi >= self.num_views:
@@ -69,9 +70,10 @@ class MixPlan:
     __hash__ = None  # type: ignore[assignment]  # the index is a tensor: compared by value, not hashable
 
     @property
-    def grid(self) -> Tuple[int, int]:
-        """``(gh, gw)``: the cells of the plan (``(H, W)`` for a pixel plan)."""
-        return tuple(self.index.shape[-2:])  # type: ignore[return-value]
+    def grid(self) -> Tuple[int, ...]:
+        """``(gh, gw)`` (``(g1, g2, g3)`` for volumes): the cells of the plan (the image size for a
+        pixel plan)."""
+        return tuple(self.index.shape[1:])
 
     @property
     def batch_size(self) -> int:
@@ -90,24 +92,22 @@ class MixPlan:
             masks = self._masks[key] = F._view_masks(self.index, self.num_views, size)
         return F._mix(masks, tensors)
 
-    def source_map(self, size: Optional[Tuple[int, int]] = None) -> Tensor:
-        """``(B, h, w)`` int64 view index of every pixel at ``size`` (default: the image size)."""
-        return F.source_map(self.index, validate.pair("size", size if size is not None else self.size))
+    def source_map(self, size: Optional[Sequence[int]] = None) -> Tensor:
+        """``(B, *size)`` int64 view index of every pixel (voxel) at ``size`` (default: the image size)."""
+        return F.source_map(self.index, size if size is not None else self.size)
 
-    def fractions(self, size: Optional[Tuple[int, int]] = None) -> Tensor:
+    def fractions(self, size: Optional[Sequence[int]] = None) -> Tensor:
         """``(B, V)`` float32 share of pixels taken from each view at ``size`` (default: the image size).
 
         CutMix's lambda, generalised: ``fractions()[:, 1]`` is the pasted area of a CutMix plan.
         """
-        h, w = validate.pair("size", size if size is not None else self.size)
-        gh, gw = self.grid
+        size = validate.dims("size", tuple(size) if size is not None else self.size, self.index.dim() - 1)
         dev = self.index.device
-        # Pixels per cell = (rows in cell row) x (cols in cell column); no full-size map needed.
-        rows = F._assignment(h, gh, dev).sum(1).double()
-        cols = F._assignment(w, gw, dev).sum(1).double()
-        weight = (rows[:, None] * cols[None, :]) / (h * w)
+        # Pixels per cell = the product of the cell's extent on every axis; no full-size map needed.
+        extents = [F._assignment(n, g, dev).sum(1).double() for n, g in zip(size, self.grid)]
+        weight = F._outer(extents) / math.prod(size)
         onehot = nn.functional.one_hot(self.index, self.num_views).double()
-        return (onehot * weight[None, :, :, None]).sum((1, 2)).float()
+        return (onehot * weight[None, ..., None]).sum(tuple(range(1, len(size) + 1))).float()
 
     def summary(self) -> Dict[str, Tensor]:
         """What the mixer did, in two figures (float32 tensors on the plan's device; no sync):
@@ -122,7 +122,8 @@ class MixPlan:
         >>> plan.summary()
         {'share': tensor([0.2500, 0.7500]), 'whole': tensor(0.5000)}
         """
-        whole = (self.index == self.index[:, :1, :1]).flatten(1).all(1)
+        cells = self.index.flatten(1)
+        whole = (cells == cells[:, :1]).all(1)
         return {"share": self.fractions().mean(0), "whole": whole.float().mean()}
 
     def to(self, device: Union[str, torch.device], non_blocking: bool = False) -> "MixPlan":
@@ -207,7 +208,7 @@ class _Mixer(nn.Module):
             >>> any(torch.equal(mixed[a], mixed[b]) for a in range(4) for b in range(a))
             False
         """
-        x = validate.tensor("x", x, ndim=(4,))
+        x = validate.tensor("x", x, ndim=(4, 5), volumes=True)
         pair = F.pair_within_batch
         plan = self._plan(pair(x), None if probs is None else pair(validate.tensor("probs", probs)),
                           None if logits is None else pair(validate.tensor("logits", logits)),
@@ -216,10 +217,10 @@ class _Mixer(nn.Module):
         return plan.apply(pair(x)), plan
 
     def _plan(self, views, probs, logits, valid, generator) -> MixPlan:
-        B, _, H, W = validate.views(views, exactly=type(self).__name__ if self.two_views else None)
+        B, _, *S = validate.views(views, exactly=type(self).__name__ if self.two_views else None)
         maps, kind = validate.pick_maps(probs, logits, self.needs_predictions())  # generator: checked where drawn
         index = self._index(views, maps, kind, valid, generator)
-        return MixPlan(_keep_unmixed(index, self.p, generator), len(views), (H, W), False)
+        return MixPlan(_keep_unmixed(index, self.p, generator), len(views), tuple(S), False)
 
     def _index(self, views: Sequence[Tensor], maps: Optional[Sequence[Tensor]], kind: str,
                valid: Optional[Sequence[Optional[Tensor]]], generator: Optional[torch.Generator]) -> Tensor:
@@ -235,7 +236,8 @@ class _Mixer(nn.Module):
         validate.sequence("valid", valid, V, "bool masks or label maps (or None entries)")
         return [None if m is None or (only is not None and v != only)
                 else F.resize_nearest(validate.mask(f"valid[{v}]", m, maps[v].shape[0], maps[v].device,
-                                                    self.ignore_index, others=f"{kind}[{v}] is"), maps[v].shape[-2:])
+                                                    self.ignore_index, ndim=(maps[v].dim() - 1,),
+                                                    others=f"{kind}[{v}] is"), maps[v].shape[2:])
                 for v, m in enumerate(valid)]
 
 
@@ -293,7 +295,9 @@ class EntropyMix(_Mixer):
     def __init__(self, grid: Grid = (4, 4), select: str = "max", p: float = 1.0,
                  temperature: float = 1.0, check_values: bool = True, ignore_index: int = 255) -> None:
         super().__init__(p, ignore_index)
-        self.grid = validate.pair("grid", grid)
+        # An int stays an int (that many cells on every spatial axis, images or volumes); a tuple
+        # gives one count per axis and fixes the number of spatial dims.
+        self.grid = grid if isinstance(grid, int) and validate.dims("grid", grid) else validate.dims("grid", grid)
         self.select = validate.choice("select", select, F.SELECT_MODES)
         self.temperature = validate.positive("temperature", temperature)
         self.check_values = bool(check_values)
@@ -302,20 +306,21 @@ class EntropyMix(_Mixer):
         return None if self.select == "random" else f"select={self.select!r}"
 
     def _index(self, views, maps, kind, valid, generator) -> Tensor:
-        V, (B, _, H, W), device = len(views), views[0].shape, views[0].device
-        gh, gw = self.grid
-        if gh > H or gw > W:
-            raise ValueError(f"grid {self.grid} is larger than the images (H, W) = {(H, W)}")
+        V, (B, _, *S), device = len(views), views[0].shape, views[0].device
+        grid = validate.dims("grid", self.grid, len(S))  # an int: that many cells on every spatial axis
+        axes = "(H, W)" if len(S) == 2 else "(X, Y, Z)"
+        if any(g > n for g, n in zip(grid, S)):
+            raise ValueError(f"grid {grid} is larger than the images {axes} = {tuple(S)}")
         if self.select == "random":
-            return F.select_views(torch.zeros(V, B, gh, gw, device=device), "random", generator=generator)
-        maps = validate.maps(kind, maps, V, B, device)
-        h, w = maps[0].shape[-2:]
-        if gh > h or gw > w:
-            raise ValueError(f"grid {self.grid} is larger than {kind} maps (h, w) = {(h, w)}")
+            return F.select_views(torch.zeros(V, B, *grid, device=device), "random", generator=generator)
+        maps = validate.maps(kind, maps, V, B, device, spatial=len(S))
+        s = tuple(maps[0].shape[2:])
+        if any(g > n for g, n in zip(grid, s)):
+            raise ValueError(f"grid {grid} is larger than {kind} maps {axes.lower()} = {s}")
         masks = self._valid_masks(valid, maps, kind)
         # One read of each map (entropy and value checks together), one synchronisation for all views.
         ents = F._entropies(kind, [f"{kind}[{v}]" for v in range(V)], maps, masks, self.check_values)
-        cells, nonempty = zip(*(F.patch_entropy(e, self.grid, m, return_valid=True) for e, m in zip(ents, masks)))
+        cells, nonempty = zip(*(F.patch_entropy(e, grid, m, return_valid=True) for e, m in zip(ents, masks)))
         cell_valid = torch.stack(nonempty) if any(m is not None for m in masks) else None
         return F.select_views(torch.stack(cells), self.select, self.temperature, generator, valid=cell_valid)
 
@@ -325,8 +330,14 @@ class CutMix(_Mixer):
 
     Args:
         p: probability that a sample gets a box.
-        size_min, size_max: box area as a fraction of the image, drawn uniformly.
-        ratio: ``(low, high)`` range of the box aspect ``h / w``, drawn uniformly.
+        size_min, size_max: box area (volume) as a fraction of the image, drawn uniformly.
+        ratio: ``(low, high)`` range of the box aspect ``h / w`` (per axis for volumes), drawn uniformly.
+        share: BCP's form instead: a box of ``floor(share * n)`` on every axis of length ``n``
+            (BCP: ``2 / 3``); ``size_min``, ``size_max`` and ``ratio`` are then not used.
+        shared: one box for the whole batch (BCP's ``context_mask``), else one per sample.
+
+    Images ``(B, C, H, W)`` get boxes, volumes ``(B, C, X, Y, Z)`` cuboids (see
+    :func:`entropymix.functional.cutmix_boxes`).
 
     ``mixer([x, x_mix], probs=..., generator=g)`` returns ``(mixed, plan)``; ``mixed`` is ``x``
     with the box pasted from ``x_mix``, and ``plan`` is a pixel plan (``(B, H, W)`` index) that
@@ -345,21 +356,25 @@ class CutMix(_Mixer):
     repr_fields = ("p", "size_min", "size_max", "ratio")
 
     def __init__(self, p: float = 0.5, size_min: float = 0.02, size_max: float = 0.4,
-                 ratio: Tuple[float, float] = (0.3, 1 / 0.3)) -> None:
+                 ratio: Tuple[float, float] = (0.3, 1 / 0.3), *, share: Optional[float] = None,
+                 shared: bool = False) -> None:
         super().__init__(p)
-        F.cutmix_boxes(0, (1, 1), p, size_min, size_max, ratio)  # validate the box arguments once
+        F.cutmix_boxes(0, (1, 1), p, size_min, size_max, ratio, share=share)  # validate the box arguments once
         self.size_min, self.size_max, self.ratio = float(size_min), float(size_max), tuple(ratio)
+        self.share, self.shared = (None if share is None else float(share)), bool(shared)
+        if share is not None:
+            self.repr_fields = ("p", "share", "shared")
 
     def _index(self, views, maps, kind, valid, generator) -> Tensor:
-        B, _, H, W = views[0].shape
+        B, _, *S = views[0].shape
         # p is applied here, with UniMatch's statistics, so the base class keeps every box.
-        return F.cutmix_boxes(B, (H, W), self.p, self.size_min, self.size_max, self.ratio,
-                              generator=generator, device=views[0].device)
+        return F.cutmix_boxes(B, S, self.p, self.size_min, self.size_max, self.ratio, share=self.share,
+                              shared=self.shared, generator=generator, device=views[0].device)
 
     def _plan(self, views, probs, logits, valid, generator) -> MixPlan:
         # probs / logits / valid are ignored: CutMix accepts whatever an EntropyMix call passes.
-        B, _, H, W = validate.views(views, exactly="CutMix")
-        return MixPlan(self._index(views, None, "probs", None, generator), 2, (H, W), False)
+        B, _, *S = validate.views(views, exactly="CutMix")
+        return MixPlan(self._index(views, None, "probs", None, generator), 2, tuple(S), False)
 
 
 class ClassMix(_Mixer):
@@ -403,6 +418,6 @@ class ClassMix(_Mixer):
     def _index(self, views, maps, kind, valid, generator) -> Tensor:
         B, device = views[0].shape[0], views[0].device
         maps = validate.sequence(kind, maps, 2)
-        pred = validate.prediction(f"{kind}[1]", maps[1], B, device)
+        pred = validate.prediction(f"{kind}[1]", maps[1], B, device, spatial=views[0].dim() - 2)
         mask = self._valid_masks(valid, [pred, pred], kind, only=1)[1]
         return F.classmix_masks(pred.argmax(1), pred.shape[1], mask, generator=generator)
