@@ -339,3 +339,77 @@ def test_probability_rows_off_the_simplex_below_or_above_are_rejected(total, kin
     ok = torch.full((2, 4, 3, 3), 0.25)
     ok[1, :, 2, 1] = (1 - F.SIMPLEX_TOLERANCE / 2) / 4  # inside the tolerance: accepted
     F.entropy(ok)
+
+
+# --- volumes: every op over 3 spatial dims, the grid rule per axis -------------------------------------
+
+vol_sizes = st.tuples(st.integers(1, 9), st.integers(1, 9), st.integers(1, 7))
+
+
+@given(have=vol_sizes, want=vol_sizes)
+def test_resize_nearest_follows_the_grid_rule_per_axis(have, want):
+    x = torch.arange(math.prod(have)).view(1, *have)
+    out = F.resize_nearest(x, want)
+    idx = [naive_cells(n, m) for m, n in zip(have, want)]  # output element i reads floor(i * m / n)
+    assert torch.equal(out[0], x[0][idx[0]][:, idx[1]][:, :, idx[2]])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(B=st.integers(1, 2), size=vol_sizes, data=st.data(), use_valid=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_patch_entropy_of_volumes_is_the_mean_over_valid_voxels(B, size, data, use_valid, seed, device):
+    grid = tuple(data.draw(st.integers(1, min(n, 4))) for n in size)
+    g = torch.Generator().manual_seed(seed)
+    ent = torch.rand(B, *size, generator=g, dtype=torch.float64)
+    valid = torch.rand(B, *size, generator=g) < 0.6 if use_valid else torch.ones(B, *size, dtype=torch.bool)
+    means, nonempty = F.patch_entropy(ent.to(device), grid, valid.to(device) if use_valid else None, return_valid=True)
+    assert means.shape == (B, *grid) and means.dtype == torch.float32
+    cells = [torch.tensor(naive_cells(n, gd)) for n, gd in zip(size, grid)]
+    for b in range(B):
+        for c in torch.cartesian_prod(*[torch.arange(gd) for gd in grid]).view(-1, 3):
+            sel = valid[b] & (cells[0][:, None, None] == c[0]) & (cells[1][None, :, None] == c[1]) & (cells[2][None, None] == c[2])
+            want = ent[b][sel].mean() if sel.any() else torch.tensor(0.0, dtype=torch.float64)
+            assert bool(nonempty[b][tuple(c)]) == bool(sel.any())
+            torch.testing.assert_close(means[b][tuple(c)].double().cpu(), want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(B=st.integers(1, 3), size=vol_sizes, p=st.sampled_from([0.0, 1.0]), share=st.sampled_from([None, 2 / 3, 1.0]),
+       shared=st.booleans(), seed=st.integers(0, 2**31 - 1))
+@example(B=8, size=(112, 112, 80), p=1.0, share=2 / 3, shared=True, seed=0)   # BCP's LA patches
+def test_cutmix_boxes_of_volumes_are_cuboids_inside_the_volume(B, size, p, share, shared, seed, device):
+    boxes = F.cutmix_boxes(B, size, p, share=share, shared=shared, generator=torch.Generator().manual_seed(seed),
+                           device=device).cpu()
+    assert boxes.shape == (B, *size) and boxes.dtype == torch.int64
+    for b in range(B):
+        m = boxes[b].bool()
+        if p == 0.0:
+            assert not m.any()
+            continue
+        spans = [m.any(dim=tuple(e for e in range(3) if e != d)) for d in range(3)]
+        cuboid = spans[0][:, None, None] & spans[1][None, :, None] & spans[2][None, None, :]
+        assert torch.equal(m, cuboid)  # exactly the cuboid its extents span (contiguous by construction below)
+        for span in spans:
+            idx = span.nonzero().flatten()
+            assert idx.numel() == 0 or idx.numel() == int(idx[-1] - idx[0] + 1)
+        if share is not None:
+            assert [int(s.sum()) for s in spans] == [max(1, math.floor(share * n)) for n in size]
+        else:
+            assert float(m.float().mean()) <= 0.4 + 1e-9
+    if shared and p == 1.0:
+        assert all(torch.equal(boxes[0], boxes[b]) for b in range(B))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(V=st.integers(1, 3), B=st.integers(1, 2), grid=vol_sizes, scale=st.tuples(*[st.integers(1, 3)] * 3),
+       channels=st.sampled_from([None, 2]), seed=st.integers(0, 2**31 - 1))
+def test_apply_plan_on_volumes_is_a_pure_gather_by_the_grid_rule(V, B, grid, scale, channels, seed, device):
+    g = torch.Generator().manual_seed(seed)
+    size = tuple(gd * s + s // 2 for gd, s in zip(grid, scale))  # ragged: not a multiple of the grid
+    index = torch.randint(0, V, (B, *grid), generator=g)
+    shape = (B, *size) if channels is None else (B, channels, *size)
+    tensors = [torch.randint(0, 1000, shape, generator=g) for _ in range(V)]
+    out = F.apply_plan(index.to(device), [t.to(device) for t in tensors]).cpu()
+    cells = [naive_cells(n, gd) for n, gd in zip(size, grid)]
+    src = index[:, cells[0]][:, :, cells[1]][:, :, :, cells[2]]
+    ref = torch.stack(tensors).gather(0, (src if channels is None else src[:, None].expand(shape))[None])[0]
+    assert torch.equal(out, ref) and torch.equal(F.source_map(index, size), src)

@@ -398,3 +398,70 @@ def test_relation_mean_is_over_images_with_a_valid_pixel(empty):
         torch.testing.assert_close(out, naive_relation(fs, ft, valid), rtol=1e-9, atol=1e-12)
         per_image = [naive_relation(fs[b:b + 1], ft[b:b + 1], valid[b:b + 1]) for b in range(3) if b not in empty]
         torch.testing.assert_close(out, torch.stack(per_image).mean(), rtol=1e-9, atol=1e-12)
+
+
+# --- volumes: (B, D, X, Y, Z) -------------------------------------------------------------------------
+
+volumes = st.tuples(st.integers(1, 2), st.integers(1, 6), st.integers(1, 6), st.integers(1, 6), st.integers(1, 7),
+                    st.integers(1, 5))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(shape=volumes, p_valid=st.sampled_from([0.0, 0.4, 1.0]), valid_scale=st.sampled_from([1, 2]),
+       T=st.sampled_from([1.0, 2.0]), seed=st.integers(0, 2**31 - 1))
+@example(shape=(2, 16, 16, 7, 6, 5), p_valid=0.8, valid_scale=2, T=1.0, seed=0)   # V-Net-like: D = 16
+def test_volume_losses_equal_their_definitions_and_spare_the_teacher(shape, p_valid, valid_scale, T, seed, device):
+    """Relation term vs the naive N x N form, KD vs its definition, on volumes; the valid mask at
+    twice the features' resolution; ignored voxels hold NaN and never reach a value or a gradient."""
+    B, Ds, Dt, X, Y, Z = shape
+    g = torch.Generator().manual_seed(seed)
+    fs = torch.randn(B, Ds, X, Y, Z, generator=g, dtype=torch.float64)
+    ft = torch.randn(B, Dt, X, Y, Z, generator=g, dtype=torch.float64)
+    s, t = torch.randn(B, 3, X, Y, Z, generator=g, dtype=torch.float64), torch.randn(B, 3, X, Y, Z, generator=g, dtype=torch.float64)
+    big = (X * valid_scale, Y * valid_scale, Z * valid_scale)
+    valid_big = torch.rand(B, *big, generator=g) < p_valid
+    valid = resize_nearest(valid_big, (X, Y, Z))
+    for x in (fs, ft, s, t):
+        x.masked_fill_(~valid[:, None], math.nan)  # what an ignored voxel holds never matters
+    fs, ft, s, t, valid_big, valid = (x.to(device) for x in (fs, ft, s, t, valid_big, valid))
+    fs.requires_grad_(), ft.requires_grad_(), s.requires_grad_(), t.requires_grad_()
+    clean = lambda x: torch.where(valid[:, None], x, 0.0)  # noqa: E731
+    ref = naive_relation(clean(fs), clean(ft), valid)
+    for method in ("gram", "naive"):
+        torch.testing.assert_close(relation_distillation(fs, ft, valid_big, method=method), ref, rtol=1e-9, atol=1e-12)
+    kd = logit_distillation(s, t, valid_big, temperature=T)
+    torch.testing.assert_close(kd, naive_kd(clean(s), clean(t), valid, T, True), rtol=1e-9, atol=1e-12)
+    loss = SPEEDLoss(temperature=T)(s, t, fs, ft, valid=torch.where(valid_big, 0, 255))
+    loss.backward()
+    assert torch.isfinite(loss) and ft.grad is None and t.grad is None
+    assert torch.isfinite(fs.grad).all() and (fs.grad[~valid[:, None].expand_as(fs)] == 0).all()
+    assert torch.isfinite(s.grad).all() and (s.grad[~valid[:, None].expand_as(s)] == 0).all()
+    same = SPEEDLoss()(s.detach(), s.detach(), fs.detach(), fs.detach(), valid=valid)
+    assert float(same) == pytest.approx(0.0, abs=1e-12)  # zero when student equals teacher
+
+
+@pytest.mark.parametrize("device, amp_dtype", AUTOCAST)
+@given(shape=volumes, seed=st.integers(0, 2**31 - 1))
+def test_volume_loss_under_autocast_is_float32_close_to_float64(shape, seed, device, amp_dtype):
+    B, Ds, Dt, X, Y, Z = shape
+    g = torch.Generator().manual_seed(seed)
+    fs, ft = torch.randn(B, Ds, X, Y, Z, generator=g), torch.randn(B, Dt, X, Y, Z, generator=g)
+    s, t = torch.randn(B, 4, X, Y, Z, generator=g), torch.randn(B, 4, X, Y, Z, generator=g)
+    valid = torch.rand(B, X, Y, Z, generator=g) < 0.7
+    ref = SPEEDLoss()(s.double(), t.double(), fs.double(), ft.double(), valid=valid)
+    fs = fs.to(device).requires_grad_()
+    with torch.autocast(device, dtype=amp_dtype):
+        out = SPEEDLoss()(s.to(device), t.to(device), fs, ft.to(device), valid=valid.to(device))
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double().cpu(), ref, rtol=1e-3, atol=1e-5)
+    out.backward()
+    assert torch.isfinite(fs.grad).all()
+
+
+def test_volume_shapes_are_checked_like_images():
+    with pytest.raises(ValueError, match=r"student_features and teacher_features must share \(B, \*, x, y, z\)"):
+        relation_distillation(torch.rand(1, 4, 2, 3, 4), torch.rand(1, 4, 2, 3, 5))
+    with pytest.raises(ValueError, match=r"student_logits must be 4-D, got shape \(1, 2, 3\) \(or 5-D for volumes\)"):
+        logit_distillation(torch.rand(1, 2, 3), torch.rand(1, 2, 3))
+    with pytest.raises(ValueError, match=r"valid must be 4-D, got shape \(1, 3, 4\)"):
+        relation_distillation(torch.rand(1, 4, 2, 3, 4), torch.rand(1, 4, 2, 3, 4), torch.ones(1, 3, 4, dtype=torch.bool))

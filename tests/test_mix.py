@@ -719,3 +719,125 @@ def test_a_cell_with_no_valid_pixel_in_one_view_is_never_chosen_from_it(B, sg, K
     _, plan = EntropyMix(grid, select=select, temperature=0.01)(views, probs=probs, valid=[None, valid1],
                                                                 generator=torch.Generator().manual_seed(seed))
     assert not (plan.index.cpu().bool() & empty_cell).any()
+
+
+# --- volumes: (B, C, X, Y, Z) views, (B, K, x, y, z) teachers ---------------------------------------------
+
+def make_volumes(seed, V, B, C, size, K, stride, device="cpu", dtype=torch.float32):
+    """V views whose channel 0 holds the view id, and teacher probabilities at ``size // stride``."""
+    g = torch.Generator().manual_seed(seed)
+    views = []
+    for v in range(V):
+        x = torch.randn(B, C, *size, generator=g)
+        x[:, 0] = v
+        views.append(x.to(device=device, dtype=dtype))
+    s = tuple(max(1, n // st_) for n, st_ in zip(size, stride))
+    scale = torch.rand(B, 1, *s, generator=g) * 6
+    probs = [(torch.randn(B, K, *s, generator=g) * scale).softmax(1).to(device) for _ in range(V)]
+    return views, probs, g
+
+
+vol = st.tuples(st.integers(1, 13), st.integers(1, 13), st.integers(1, 9))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(V=st.integers(2, 3), B=st.integers(1, 2), C=st.integers(1, 2), size=vol, data=st.data(), K=st.integers(2, 4),
+       select=st.sampled_from(MODES), p=st.sampled_from([0.5, 1.0]), stride=st.sampled_from([(1, 1, 1), (2, 2, 1)]),
+       dtype=st.sampled_from(FLOAT_DTYPES), seed=st.integers(0, 2**31 - 1))
+@example(V=2, B=2, C=1, size=(16, 20, 12), data=None, K=3, select="max", p=1.0, stride=(2, 2, 2),
+         dtype=torch.float32, seed=0)  # the issue's shapes: (2, 1, 16, 20, 12) views, (2, 3, 8, 10, 6) probs
+def test_entropymix_on_volumes_conserves_voxels_selects_by_entropy_and_replays(V, B, C, size, data, K, select, p,
+                                                                              stride, dtype, seed, device):
+    s = tuple(max(1, n // k) for n, k in zip(size, stride))
+    grid = (2, 2, 2) if data is None else tuple(data.draw(st.integers(1, min(a, 3))) for a in s)
+    views, probs, g = make_volumes(seed, V, B, C, size, K, stride, device, dtype)
+    before = [x.clone() for x in views + probs]
+    mixed, plan = EntropyMix(grid, select=select, p=p)(views, probs=probs, generator=torch.Generator().manual_seed(seed))
+    assert all(torch.equal(a, b) for a, b in zip(views + probs, before))  # nothing in place
+    assert mixed.shape == views[0].shape and plan.index.shape == (B, *grid) and plan.size == size
+    cells = [naive_cells(n, gd) for n, gd in zip(size, grid)]
+    src = plan.index.cpu()[:, cells[0]][:, :, cells[1]][:, :, :, cells[2]]
+    ref = torch.stack([x.cpu() for x in views]).gather(0, src[None, :, None].expand(1, B, C, *size))[0]
+    assert torch.equal(mixed.cpu(), ref)  # every voxel, bit for bit, the same voxel of the view the plan names
+    assert torch.equal(plan.source_map().cpu(), src)
+    if select in ("max", "min") and p == 1.0:  # by float64 cell entropies
+        E = torch.stack([F.patch_entropy(-(q.double() * q.double().log()).nan_to_num().sum(1), grid) for q in probs]).cpu()
+        chosen = E.gather(0, plan.index.cpu()[None])[0]
+        best = E.max(0).values if select == "max" else E.min(0).values
+        assert torch.allclose(chosen, best, rtol=0, atol=1e-6)
+    labels = [torch.full((B, *size), v, device=device) for v in range(V)]        # replay on labels...
+    assert torch.equal(plan.apply(labels).cpu(), src)
+    feats = [torch.full((B, 3, *s), float(v), device=device) for v in range(V)]  # ...and features at the teacher's size
+    assert torch.equal(plan.apply(feats).cpu()[:, 0].long(), plan.source_map(s).cpu())
+    torch.testing.assert_close(plan.fractions().sum(1), torch.ones(B, device=device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(B=st.integers(1, 2), size=vol, K=st.integers(2, 4), select=st.sampled_from(["max", "min", "sample"]),
+       seed=st.integers(0, 2**31 - 1))
+def test_volume_cells_with_no_valid_voxel_are_never_chosen_and_ignored_values_never_matter(B, size, K, select, seed, device):
+    views, probs, g = make_volumes(seed, 2, B, 1, size, K, (1, 1, 1), device)
+    grid = tuple(min(2, n) for n in size)
+    cells = [naive_cells(n, gd) for n, gd in zip(size, grid)]
+    empty = torch.rand(B, *grid, generator=g) < 0.5
+    valid = (torch.rand(B, *size, generator=g) < 0.6) & ~empty[:, cells[0]][:, :, cells[1]][:, :, :, cells[2]]
+    uniform, one_hot = torch.full_like(probs[0], 1 / K), torch.zeros_like(probs[0])
+    one_hot[:, 0] = 1.0
+    probs = [uniform, one_hot] if select == "min" else [one_hot, uniform]  # view 1 is what the selection wants
+    junk = probs[1].clone()
+    junk[:, :, ~valid.to(device).any(0)] = math.nan  # NaN at voxels no sample counts
+    labels = torch.where(valid, 0, 255).to(device)
+    mixer = EntropyMix(grid, select=select, temperature=0.01)
+    _, plan = mixer(views, probs=probs, valid=[None, labels], generator=torch.Generator().manual_seed(seed))
+    assert not (plan.index.cpu().bool() & empty).any()
+    _, plan_junk = mixer(views, probs=[probs[0], torch.where(valid.to(device)[:, None], probs[1], junk)],
+                         valid=[None, labels], generator=torch.Generator().manual_seed(seed))
+    assert plan_junk == plan
+
+
+@pytest.mark.parametrize("device, amp_dtype", AUTOCAST)
+@given(size=vol, select=st.sampled_from(["max", "min", "sample"]), seed=st.integers(0, 2**31 - 1))
+def test_volume_plans_are_the_same_under_autocast(size, select, seed, device, amp_dtype):
+    views, probs, _ = make_volumes(seed, 2, 2, 1, size, 3, (1, 1, 1), device)
+    grid = tuple(min(2, n) for n in size)
+    mixer = EntropyMix(grid, select=select)
+    _, plan = mixer(views, logits=[q.log() for q in probs], generator=torch.Generator().manual_seed(seed))
+    with torch.autocast(device, dtype=amp_dtype):
+        _, plan_amp = mixer(views, logits=[q.log() for q in probs], generator=torch.Generator().manual_seed(seed))
+    assert plan_amp == plan
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(B=st.integers(2, 6), size=vol, mixer=st.sampled_from(["max", "sample", "cutmix", "bcp", "classmix"]),
+       seed=st.integers(0, 2**31 - 1))
+def test_volume_mixers_conserve_voxels_and_never_duplicate_within_a_batch(B, size, mixer, seed, device):
+    make = {"max": lambda: EntropyMix(1, "max"), "sample": lambda: EntropyMix(1, "sample"),
+            "cutmix": lambda: CutMix(p=1.0), "bcp": lambda: CutMix(p=1.0, share=2 / 3, shared=True),
+            "classmix": lambda: ClassMix()}[mixer]
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(B, 2, *size, generator=g)
+    x[:, 0] = torch.arange(B, dtype=torch.float32).view(B, 1, 1, 1)
+    logits = (torch.randn(B, 3, *size, generator=g) * 4).to(device)
+    x = x.to(device)
+    mixed, plan = make()(F.pair_within_batch(x), logits=F.pair_within_batch(logits), generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(mixed, plan.apply(F.pair_within_batch(x)))
+    mixed, plan = make().within_batch(x, logits=logits, generator=torch.Generator().manual_seed(seed))
+    src, own = mixed[:, 0].long().cpu(), torch.arange(B).view(B, 1, 1, 1)
+    assert ((src == own) | (src == (own - 1) % B)).all()
+    assert not any(torch.equal(mixed[a], mixed[b]) for a in range(B) for b in range(a))
+
+
+def test_volume_errors_name_the_argument_and_shapes():
+    v = [torch.rand(2, 1, 8, 8, 4)] * 2
+    with pytest.raises(ValueError, match=r"grid \(4, 4, 8\) is larger than the images \(X, Y, Z\) = \(8, 8, 4\)"):
+        EntropyMix((4, 4, 8))(v, probs=[torch.full((2, 2, 8, 8, 4), 0.5)] * 2)
+    with pytest.raises(TypeError, match=r"grid must be an int or a tuple of 3 ints"):
+        EntropyMix((2, 2))(v, probs=[torch.full((2, 2, 8, 8, 4), 0.5)] * 2)
+    with pytest.raises(ValueError, match=r"probs\[0\] must be 5-D, got shape \(2, 2, 8, 8\)"):
+        EntropyMix(2)(v, probs=[torch.full((2, 2, 8, 8), 0.5)] * 2)
+    with pytest.raises(ValueError, match=r"views must share \(B, C, X, Y, Z\)"):
+        EntropyMix(2)([v[0], torch.rand(2, 1, 8, 8, 5)], probs=[torch.full((2, 2, 8, 8, 4), 0.5)] * 2)
+    with pytest.raises(ValueError, match=r"valid\[1\] must be 4-D, got shape \(2, 8, 8\)"):
+        EntropyMix(2)(v, probs=[torch.full((2, 2, 8, 8, 4), 0.5)] * 2, valid=[None, torch.ones(2, 8, 8, dtype=torch.bool)])
+    with pytest.raises(ValueError, match=r"share must be in \(0, 1\]"):
+        CutMix(share=1.5)
