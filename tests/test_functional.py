@@ -413,3 +413,44 @@ def test_apply_plan_on_volumes_is_a_pure_gather_by_the_grid_rule(V, B, grid, sca
     src = index[:, cells[0]][:, :, cells[1]][:, :, :, cells[2]]
     ref = torch.stack(tensors).gather(0, (src if channels is None else src[:, None].expand(shape))[None])[0]
     assert torch.equal(out, ref) and torch.equal(F.source_map(index, size), src)
+
+
+def cuboid_reference(rng, size, size_min=0.02, size_max=0.4, r1=0.3, r2=1 / 0.3):
+    """The documented 3-D statistics, sample by sample with rejection: volume U(size_min, size_max)
+    of the whole, side_0 / side_d = U(r1, r2) for d = 1, 2, corner uniform where the cuboid fits."""
+    amount = rng.uniform(size_min, size_max) * np.prod(size)
+    while True:
+        r = rng.uniform(r1, r2, size=2)
+        first = (amount * r[0] * r[1]) ** (1 / 3)
+        sides = [int(first), int(first / r[0]), int(first / r[1])]
+        corner = [rng.integers(0, n) for n in size]
+        if all(c + s <= n for c, s, n in zip(corner, sides, size)):
+            return sides + corner
+
+
+def test_cutmix_cuboids_match_the_documented_statistics():
+    size, n = (40, 32, 24), 3000
+    m = F.cutmix_boxes(n, size, 1.0, generator=torch.Generator().manual_seed(0)).bool()
+    sides = torch.stack([m.any(dim=tuple(e for e in range(1, 4) if e != d)).sum(1) for d in range(1, 4)], 1).double()
+    corner = torch.stack([m.any(dim=tuple(e for e in range(1, 4) if e != d)).double().argmax(1) for d in range(1, 4)], 1)
+    rng = np.random.default_rng(0)
+    ref = np.array([cuboid_reference(rng, size) for _ in range(n)], dtype=float)
+    share, ref_share = sides.prod(1).mean().item() / np.prod(size), ref[:, :3].prod(1).mean() / np.prod(size)
+    assert abs(share - ref_share) < 0.01
+    for d in (1, 2):  # each aspect side_0 / side_d
+        got = (sides[:, 0] / sides[:, d].clamp_min(1)).mean().item()
+        want = (ref[:, 0] / np.maximum(ref[:, d], 1)).mean()
+        assert abs(got - want) / want < 0.05
+    for d in range(3):  # centre positions
+        got = (corner[:, d] + sides[:, d] / 2).mean().item()
+        assert abs(got - (ref[:, 3 + d] + ref[:, d] / 2).mean()) < 0.02 * size[d]
+
+
+def test_bcp_cuboids_reach_every_position_where_they_fit():
+    size, share = (6, 5, 4), 2 / 3
+    m = F.cutmix_boxes(400, size, 1.0, share=share, generator=torch.Generator().manual_seed(0)).bool()
+    for d in range(3):
+        span = m.any(dim=tuple(e for e in range(1, 4) if e != d + 1))
+        side = math.floor(share * size[d])
+        assert (span.sum(1) == side).all()
+        assert set(span.double().argmax(1).tolist()) == set(range(size[d] - side + 1))  # the last one too

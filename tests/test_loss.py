@@ -368,9 +368,10 @@ def test_no_loss_input_is_modified():
     assert all(torch.equal(a, b) for a, b in zip(inputs, before))
 
 
-@given(N=st.integers(1, 5000), Ds=st.integers(1, 512), Dt=st.integers(1, 512))
-def test_auto_uses_the_cheaper_form(N, Ds, Dt):
-    """Gram costs N (Ds^2 + Ds Dt + Dt^2) multiply-adds, naive N^2 (Ds + Dt + 1): auto takes the smaller."""
+@given(N=st.integers(1, 5000), Ds=st.integers(1, 512), Dt=st.integers(1, 512), volume=st.booleans())
+def test_auto_uses_the_cheaper_form(N, Ds, Dt, volume):
+    """Gram costs N (Ds^2 + Ds Dt + Dt^2) multiply-adds, naive N^2 (Ds + Dt + 1): auto takes the
+    smaller, N counting every pixel of an image or voxel of a volume."""
     import entropymix.loss as L
     calls = []
     original = L._GramRelation.apply
@@ -378,11 +379,12 @@ def test_auto_uses_the_cheaper_form(N, Ds, Dt):
     try:
         h = max(1, int(math.isqrt(N)))
         w = max(1, N // h)
-        relation_distillation(torch.zeros(1, Ds, h, w, device="meta"), torch.zeros(1, Dt, h, w, device="meta"),
+        size = (h, w) if not volume else (h, max(1, w // 2), 2)
+        relation_distillation(torch.zeros(1, Ds, *size, device="meta"), torch.zeros(1, Dt, *size, device="meta"),
                               check_values=False)
     finally:
         L._GramRelation.apply = original
-    n = h * w
+    n = math.prod(size)
     assert bool(calls) == (Ds * Ds + Ds * Dt + Dt * Dt <= n * (Ds + Dt + 1))
 
 

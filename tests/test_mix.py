@@ -841,3 +841,17 @@ def test_volume_errors_name_the_argument_and_shapes():
         EntropyMix(2)(v, probs=[torch.full((2, 2, 8, 8, 4), 0.5)] * 2, valid=[None, torch.ones(2, 8, 8, dtype=torch.bool)])
     with pytest.raises(ValueError, match=r"share must be in \(0, 1\]"):
         CutMix(share=1.5)
+
+
+def test_volume_plan_summary_fractions_and_equality():
+    index = torch.zeros(3, 2, 2, 2, dtype=torch.long)
+    index[1, 0, 1, 1] = 1          # one cell of eight from view 1, away from the first axis' start
+    index[2] = 1                   # taken whole from view 1
+    plan = MixPlan(index, 2, (4, 6, 3))
+    # cells of 2 x 3 x (2 or 1) voxels: the (0, 1, 1) cell holds 2 * 3 * 1 of 72
+    torch.testing.assert_close(plan.fractions()[1], torch.tensor([1 - 6 / 72, 6 / 72]))
+    assert plan.summary()["whole"] == pytest.approx(2 / 3)  # samples 0 and 2 come whole from one view
+    assert plan.grid == (2, 2, 2) and plan.source_map((4, 6, 3)).shape == (3, 4, 6, 3)
+    assert plan == pickle.loads(pickle.dumps(plan)) and plan != MixPlan(index, 2, (4, 6, 4))
+    with pytest.raises(TypeError, match=r"size must be an int or a tuple of 3 ints"):
+        MixPlan(index, 2, (4, 6))
