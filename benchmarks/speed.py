@@ -165,6 +165,77 @@ def bench_relation(device, B, D, side, repeat, mem_budget_gb) -> List[Dict]:
     return rows
 
 
+# --- volumes: a BCP step's tensors, and SPEEDLoss on V-Net features ---------------------------------
+
+BCP_HAND = "BCP's hand-written cube (context_mask + blends, re-implemented)"
+BCP_OURS = "entropymix.CutMix(p=1.0, share=2/3, shared=True) + plan replays"
+CUTMIX_3D = "entropymix.CutMix(p=1.0): UniMatch statistics per axis + plan replays"
+ENTROPYMIX_3D = "EntropyMix(grid=(4, 4, 4)) on the teacher's logits + plan replays"
+
+
+def bcp_context_mask(img, mask_ratio, rng):
+    """BCP's ``context_mask`` semantics (one cube of ``mask_ratio`` of every axis, shared by the batch,
+    0 inside), written from its description here, with the bounds taken from the tensor."""
+    B, _, X, Y, Z = img.shape
+    loss_mask = torch.ones(B, X, Y, Z, device=img.device)
+    mask = torch.ones(X, Y, Z, device=img.device)
+    px, py, pz = int(X * mask_ratio), int(Y * mask_ratio), int(Z * mask_ratio)
+    w, h, z = (int(rng.integers(0, n - p)) for n, p in ((X, px), (Y, py), (Z, pz)))
+    mask[w:w + px, h:h + py, z:z + pz] = 0
+    loss_mask[:, w:w + px, h:h + py, z:z + pz] = 0
+    return mask.long(), loss_mask.long()
+
+
+def bench_volume_mix(device, B, size, K, repeat) -> List[Dict]:
+    """One copy-paste direction of a BCP step: two volumes ``(B, 1, X, Y, Z)``, their labels, the
+    loss mask; EntropyMix also reads both views' teacher logits ``(B, K, X, Y, Z)``."""
+    import numpy as np
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.rand(B, 1, *size, generator=g).to(device) for _ in range(2)]
+    logits = [torch.randn(B, K, *size, generator=g).to(device) for _ in range(2)]
+    labs = [z.argmax(1) for z in logits]
+    rng = np.random.default_rng(0)
+    rows: List[Dict] = []
+
+    def add(name, fn):
+        rows.append({"method": name, **measure(fn, device, repeat)})
+
+    def hand():
+        img_mask, loss_mask = bcp_context_mask(xs[0], 2 / 3, rng)
+        return xs[0] * img_mask + xs[1] * (1 - img_mask), labs[0] * img_mask + labs[1] * (1 - img_mask), loss_mask
+
+    def ours(mixer, **kw):
+        gen = torch.Generator().manual_seed(1)
+
+        def run():
+            mixed, plan = mixer(xs, generator=gen, **kw)
+            return mixed, plan.apply(labs), (plan.source_map() == 0).long()
+        return run
+    add(BCP_HAND, hand)
+    add(BCP_OURS, ours(CutMix(p=1.0, share=2 / 3, shared=True)))
+    add(CUTMIX_3D, ours(CutMix(p=1.0)))
+    add(ENTROPYMIX_3D, ours(EntropyMix((4, 4, 4), check_values=False), logits=logits))
+    base = rows[0]["ms"]
+    for r in rows:
+        r.update(device=device.type, B=B, size=list(size), K=K, ratio=r["ms"] / base if r["ms"] and base else None)
+    return rows
+
+
+def bench_volume_relation(device, B, D, size, repeat) -> Dict:
+    """SPEEDLoss's relation term, forward + backward, on ``(B, D, X, Y, Z)`` features (exact Gram
+    form; the naive N x N form would need N^2 floats per image)."""
+    g = torch.Generator().manual_seed(0)
+    fs = torch.randn(B, D, *size, generator=g).to(device).requires_grad_()
+    ft = torch.randn(B, D, *size, generator=g).to(device)
+    n = size[0] * size[1] * size[2]
+
+    def step():
+        fs.grad = None
+        relation_distillation(fs, ft, method="gram", check_values=False).backward()
+    return {"method": "relation (Gram form), fwd + bwd", "device": device.type, "B": B, "D": D, "size": list(size),
+            "N": n, "naive_gib": B * n * n * 4 / 2**30, **measure(step, device, repeat, warmup=1)}
+
+
 # --- the first call of a new process, and compilation over shapes ------------------------------
 
 FIRST_CALL = (
@@ -255,6 +326,26 @@ RELATION_COLUMNS = [
 ]
 
 
+VOLUME_MIX_COLUMNS = [
+    ("device", False, lambda r: r["device"]),
+    ("B x 1 x X x Y x Z, K", False, lambda r: f"{r['B']} x 1 x {' x '.join(map(str, r['size']))}, {r['K']}"),
+    ("method", False, lambda r: r["method"]),
+    ("ms", True, lambda r: fmt(r["ms"])),
+    ("x BCP's", True, lambda r: fmt(r["ratio"])),
+    ("peak MiB", True, lambda r: fmt(r["peak_mb"], ".0f")),
+]
+VOLUME_RELATION_COLUMNS = [
+    ("device", False, lambda r: r["device"]),
+    ("B", False, lambda r: str(r["B"])),
+    ("D", False, lambda r: str(r["D"])),
+    ("features", False, lambda r: " x ".join(map(str, r["size"]))),
+    ("N voxels", True, lambda r: str(r["N"])),
+    ("fwd+bwd ms", True, lambda r: fmt(r["ms"], ".0f")),
+    ("peak MiB", True, lambda r: fmt(r["peak_mb"], ".0f")),
+    ("naive N x N would need", True, lambda r: f"{r['naive_gib']:,.0f} GiB"),
+]
+
+
 # README labels for the headline table's rows.
 README_ROWS = [
     (CUTMIX_ALL, "UniMatch CutMix, boolean index, every sample boxed"),
@@ -336,6 +427,21 @@ def report(result: dict) -> str:
         speed = f"{g['speedup_vs_naive']:.1f}x" if g.get("speedup_vs_naive") else "-"
         lines.append(f"| {g['side']} x {g['side']} | {g['N']} | {g['ms']:.1f} | {naive} | {speed} | "
                      f"{fmt(g['peak_mb'], '.0f')} / {fmt(n['peak_mb'], '.0f')} |")
+    vol = [r for r in result.get("volume", []) if r["device"] == "cpu"]
+    if vol:
+        mixing = [r for r in vol if "ratio" in r]
+        size = " x ".join(map(str, mixing[0]["size"]))
+        lines += ["", f"Volumes: one copy-paste direction of a BCP step (two views of B={mixing[0]['B']} x 1 x {size}, "
+                  f"their labels and the loss mask; EntropyMix also reads both views' K={mixing[0]['K']} teacher "
+                  "logits at full resolution), against BCP's hand-written masking (`context_mask` and the blends, "
+                  "re-implemented from its semantics in `benchmarks/speed.py`):", "",
+                  "| method | ms | x BCP's | peak MiB |", "|---|---:|---:|---:|"]
+        lines += [f"| {r['method']} | {r['ms']:.1f} | {r['ratio']:.2f} | {fmt(r['peak_mb'], '.0f')} |" for r in mixing]
+        lines += ["", "SPEEDLoss relation term on V-Net-like features, forward + backward (exact Gram form; the naive "
+                  "`N x N` form is out of reach at these sizes):", "",
+                  "| B | D | features | N voxels | ms | peak MiB | naive N x N would need |", "|---:|---:|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['B']} | {r['D']} | {' x '.join(map(str, r['size']))} | {r['N']:,} | {r['ms']:.0f} | "
+                  f"{fmt(r['peak_mb'], '.0f')} | {r['naive_gib']:,.0f} GiB |" for r in vol if "naive_gib" in r]
     from step_overhead import MIX_COMPILED, MIX_CUTMIX, MIX_DEFAULT, MIX_FULL, SPEED, STEP, TEACHER, WHOLE
     step = {r["what"]: r for r in result["step"] if r["device"] == "cpu"}
 
@@ -360,8 +466,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true", help="small sizes, few repeats (a smoke run)")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--repeat", type=int, default=None, help="timed runs per figure (default 15, quick 3)")
-    ap.add_argument("--sections", default="mix,compile,relation,step",
-                    help="comma list of: mix, compile, relation, step")
+    ap.add_argument("--sections", default="mix,compile,relation,step,volume",
+                    help="comma list of: mix, compile, relation, step, volume")
     ap.add_argument("--no-compile", action="store_true", help="skip the opt-in torch.compile rows")
     ap.add_argument("--size", type=int, default=321, help="crop of the headline configurations (GPU check: 513)")
     ap.add_argument("--step-width", type=int, default=32, help="width of the example model in the step section")
@@ -383,7 +489,7 @@ def main(argv=None) -> dict:
     sections = set(args.sections.split(","))
     compiled = not args.no_compile
     result = {"machine": machine(), "load": os.getloadavg(), "quick": args.quick, "repeat": repeat,
-              "mix": [], "compile": [], "relation": [], "step": []}
+              "mix": [], "compile": [], "relation": [], "step": [], "volume": []}
     for dev in devices:
         cuda = dev.type == "cuda"
         if "mix" in sections:
@@ -404,6 +510,11 @@ def main(argv=None) -> dict:
             budget = (torch.cuda.mem_get_info()[0] / 2**30 * 0.8) if cuda else 8.0
             for side in sides:
                 result["relation"] += bench_relation(dev, B, 256, side, max(1, repeat // 3), budget)
+        if "volume" in sections:
+            vsize, rsizes = ((24, 24, 16), [(2, 16, (24, 24, 16))]) if args.quick else (
+                (112, 112, 80), [(B, 16, (112, 112, 80)) for B in (2, 4)] + [(B, 64, (28, 28, 20)) for B in (2, 4)])
+            result["volume"] += bench_volume_mix(dev, 2 if args.quick else 8, vsize, 2, repeat)
+            result["volume"] += [bench_volume_relation(dev, B, D, size, max(1, repeat // 3)) for B, D, size in rsizes]
         if "compile" in sections and not args.memory_only:
             result["compile"] += bench_compile(dev, args.quick, compiled)
         if "step" in sections and not args.memory_only:
@@ -413,7 +524,7 @@ def main(argv=None) -> dict:
     if args.memory_only:
         args.out.write_text(json.dumps(result))
         return result
-    for section in ("mix", "relation", "step"):
+    for section in ("mix", "relation", "step", "volume"):
         if peaks and len(peaks.get(section, [])) == len(result[section]):
             for row, mem in zip(result[section], peaks[section]):
                 row["peak_mb"] = mem["peak_mb"]
@@ -429,6 +540,11 @@ def main(argv=None) -> dict:
     if result["relation"]:
         print("\n### Relation term, forward + backward: exact Gram form vs naive N x N form\n")
         print(markdown_table(result["relation"], RELATION_COLUMNS))
+    if result["volume"]:
+        print("\n### Volumes: one copy-paste direction of a BCP step, and the relation term on V-Net features\n")
+        print(markdown_table([r for r in result["volume"] if "ratio" in r], VOLUME_MIX_COLUMNS))
+        print()
+        print(markdown_table([r for r in result["volume"] if "naive_gib" in r], VOLUME_RELATION_COLUMNS))
     if result["step"]:
         from step_overhead import STEP_COLUMNS
         print("\n### Share of one UniMatch training step of the example model\n")

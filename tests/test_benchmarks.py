@@ -35,8 +35,12 @@ def test_speed_quick_writes_tables_and_json(tmp_path, capsys):
     assert step[step_overhead.WHOLE]["ms"] == pytest.approx(step[step_overhead.MIX_DEFAULT]["ms"] + step[step_overhead.TEACHER]["ms"])
     eager_first = [r for r in saved["compile"] if r.get("mode") == "eager"]
     assert len(eager_first) == 2 and {r["compiler"] for r in eager_first} == {True, False}
+    volume = [r for r in saved["volume"] if "ratio" in r]
+    assert [r["method"] for r in volume] == [speed.BCP_HAND, speed.BCP_OURS, speed.CUTMIX_3D, speed.ENTROPYMIX_3D]
+    assert all(r["ms"] > 0 for r in saved["volume"]) and any("naive_gib" in r for r in saved["volume"])
     printed = capsys.readouterr().out
     assert "| method |" in printed and "Relation term" in printed and "UniMatch training step" in printed
+    assert "Volumes: one copy-paste direction" in printed
 
 
 def test_ablation_quick_is_resumable_paired_and_saves_as_it_grows(tmp_path, capsys):
