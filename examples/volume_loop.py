@@ -302,6 +302,7 @@ def save_figures(state: dict, history: List[dict], out: Path) -> None:
 # --- main ----------------------------------------------------------------------------------------------
 
 def main(args) -> dict:
+    t_start, load_start = time.time(), os.getloadavg()
     distributed = "RANK" in os.environ
     if distributed:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -366,7 +367,9 @@ def main(args) -> dict:
                         "rng": rng}, ckpt_path)
     result = {"args": vars(args), "world_size": world, "classes": list(CLASSES), "history": history,
               "final_dice": history[-1]["dice"] if history else None,
-              "teacher_dice": evaluate(teacher, val[0], val[1], device, len(CLASSES))[0] if history else None}
+              "teacher_dice": evaluate(teacher, val[0], val[1], device, len(CLASSES))[0] if history else None,
+              "wall_seconds": time.time() - t_start, "load_average": [load_start[0], os.getloadavg()[0]],
+              "torch": torch.__version__, "threads": torch.get_num_threads()}
     if rank == 0:
         (out / "results.json").write_text(json.dumps(result, indent=1))
         save_figures(state, history, out)

@@ -1,8 +1,9 @@
 """2-D behaviour, bit for bit, against outputs recorded from the code that trained the `shapes` study.
 
 ``recorded_2d.pt`` was written by :func:`outputs` running on the package and example of commit
-``6735560`` (training-code fingerprint ``a972708f92ec0867``, the study's); this test recomputes them
-with today's code. Plans (which view every cell or pixel comes from) must be equal on any machine.
+``6735560`` (training-code fingerprint ``a972708f92ec0867``, the study's, stored in the file as
+``code``); this test recomputes them with today's code, and ``benchmarks/ablation.py --report``
+states it beside a study trained by that code. Plans (which view every cell or pixel comes from) must be equal on any machine.
 Floating results (entropies, losses, gradients, two training steps of the example) are compared
 bit for bit on the CPU vector ISA they were recorded on, and within 1e-5 elsewhere (another ISA
 rounds differently: ``benchmarks/ablation.py`` treats that as rounding noise too).
@@ -140,7 +141,9 @@ if __name__ == "__main__":
     if sys.argv[1:] != ["--record"]:
         sys.exit("usage: python tests/test_recorded.py --record")
     import entropymix
+    sys.path.insert(0, str(HERE.parent / "benchmarks"))
+    from ablation import provenance  # the training-code fingerprint of the tree being recorded
     torch.set_num_threads(1)
-    torch.save({"outputs": outputs(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                "package": entropymix.__file__}, RECORDED)
-    print(f"recorded {RECORDED} from {entropymix.__file__}")
+    code = provenance()["code"]
+    torch.save({"outputs": outputs(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "code": code}, RECORDED)
+    print(f"recorded {RECORDED} from {entropymix.__file__} (training code {code})")

@@ -76,3 +76,24 @@ def test_help_imports_no_torch_and_shows_defaults():
     out = subprocess.run([sys.executable, str(EXAMPLES / "train_volumes.py"), "--help"], capture_output=True, text=True)
     text = " ".join(out.stdout.split())
     assert out.returncode == 0 and "(default: entropymix)" in text and "organs" in text
+
+
+def run_summary(result: dict) -> str:
+    """The README's sentence on the default run, from its saved results (``volumes-default.json``)."""
+    best = max(h["dice"] for h in result["history"])
+    minutes, seconds = divmod(round(result["wall_seconds"]), 60)
+    return (f"Measured on the 2-core CI machine (load average {result['load_average'][0]:.2f} at the start, "
+            f"{result['load_average'][1]:.2f} at the end; the run uses both cores): {result['wall_seconds']:.0f} s wall, "
+            f"{minutes} min {seconds} s, for {len(result['history'])} epochs; final mean foreground Dice "
+            f"{result['final_dice']:.2f} on the {result['args']['num_val']} validation volumes (best {best:.2f}, EMA "
+            f"teacher {result['teacher_dice']:.2f}); `benchmarks/results/volumes-default.json` holds the run's "
+            "per-epoch record.")
+
+
+def test_readme_states_the_default_run_as_saved():
+    result = json.loads((EXAMPLES.parent / "benchmarks" / "results" / "volumes-default.json").read_text())
+    defaults, saved = vars(train_volumes.parse_args(["--overwrite"])), dict(result["args"])
+    for key in ("overwrite", "resume"):
+        defaults.pop(key), saved.pop(key)
+    assert saved == defaults  # the run the README reads is the default one
+    assert run_summary(result) in (EXAMPLES.parent / "README.md").read_text()
