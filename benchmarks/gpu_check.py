@@ -7,14 +7,16 @@ Steps, each timed, each allowed to fail without stopping the others (the summary
 
 1. ``tests``: the CUDA variants of every device-capable test (pytest ``-k cuda``; on CPU, their
    collection only: the suite runs the ``cpu`` variants).
-2. ``speed``: ``benchmarks/speed.py`` at B=8, 3 x 513 x 513, K=21 (EntropyMix vs UniMatch's
+2. ``speed``: ``benchmarks/speed.py`` at B=8, 3 x 513 x 513, K=21, and the volumes section (a BCP
+   step's tensors, B=8 x 1 x 112 x 112 x 80; SPEEDLoss on V-Net-sized features) (EntropyMix vs UniMatch's
    CutMix vs kornia vs the read and ``torch.where`` floors, float32 / float16 / bfloat16), and the
    relation term, written to ``speed-<device>.json``.
 3. ``step``: one UniMatch step of a DeepLabV3+-sized example model (width 128) at B=8,
    513 x 513, float16 autocast with a GradScaler: UniMatch + CutMix vs + EntropyMix vs +
    EntropyMix + SPEEDLoss (interleaved), and the components' own times, to ``step-<device>.json``.
 4. ``train``: a few iterations of ``examples/train.py --amp`` on the device, then the same under
-   ``torchrun`` (nccl on CUDA, gloo on CPU), one process.
+   ``torchrun`` (nccl on CUDA, gloo on CPU), one process; then a few iterations of the volumetric
+   example ``examples/train_volumes.py``.
 
 Everything lands in ``--out`` (default ``benchmarks/results``): ``*-cuda.json`` on a GPU and
 ``gpu-check-<device>.json``, the summary, printed at the end as well.
@@ -87,7 +89,7 @@ def main(argv=None) -> dict:
                                    "tests/test_functional.py", "tests/test_tap.py", "tests/test_compile.py"],
                          out, limit, env))
     if "speed" not in args.skip:
-        steps.append(run("speed", [py, "benchmarks/speed.py", "--device", args.device, "--sections", "mix,relation",
+        steps.append(run("speed", [py, "benchmarks/speed.py", "--device", args.device, "--sections", "mix,relation,volume",
                                    "--size", "513", *(["--repeat", "15"] if cuda else ["--quick", "--no-compile"]),
                                    "--out", str(out / f"speed-{tag}.json")],
                          out, limit, env))
@@ -110,6 +112,10 @@ def main(argv=None) -> dict:
         steps.append(run("train-torchrun", [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
                                             "examples/train.py", *tiny, "--out-dir", str(out / "gpu-check-ddp")],
                          out, 180, env if cuda else {**env, "CUDA_VISIBLE_DEVICES": ""}))
+        vol = ["--num-labeled", "4", "--num-unlabeled", "16", "--num-val", "4", "--pretrain-epochs", "1", "--epochs", "1",
+               "--iters-per-epoch", "3", "--no-progress", "--overwrite"] + ([] if cuda else ["--size", "16", "16", "12"])
+        steps.append(run("train-volumes", [py, "examples/train_volumes.py", *vol, "--out-dir", str(out / "gpu-check-volumes")],
+                         out, 180, env if cuda else {**env, "CUDA_VISIBLE_DEVICES": ""}))
     summary = {"device": args.device, "torch": torch.__version__,
                "gpu": torch.cuda.get_device_name() if cuda else None, "steps": steps}
     for name in ("speed", "step"):
@@ -127,7 +133,10 @@ def _headline(result: dict, name: str) -> list:
     """The rows a reader wants first: EntropyMix against its baseline, the step shares."""
     if name == "speed":
         return [f"{r['B']}x{r['H']} K={r['K']} V={r['V']} {r['dtype']}: {r['method']}: {r['ms']:.2f} ms ({r['ratio']:.2f}x)"
-                for r in result["mix"] if r["ms"] is not None and ("EntropyMix" in r["method"] or "CutMix" in r["method"])]
+                for r in result["mix"] if r["ms"] is not None and ("EntropyMix" in r["method"] or "CutMix" in r["method"])] + [
+            f"volumes {r['B']}x{'x'.join(map(str, r['size']))}: {r['method']}: {r['ms']:.1f} ms" + (
+                f" ({r['ratio']:.2f}x BCP's)" if "ratio" in r else f" (D={r['D']}, peak {r['peak_mb']} MiB)")
+            for r in result.get("volume", []) if r["ms"] is not None]
     return [f"{r['B']}x{r['size']} amp={r['amp']}: {r['what']}: {r['ms']:.1f} ms ({100 * r['share']:.1f}% of the step)"
             for r in result["step"]]
 

@@ -232,7 +232,7 @@ def test_gpu_check_runs_its_cpu_parts(tmp_path):
     """The GPU check's CPU mode, end to end: every step ok and the summary written."""
     import gpu_check
     summary = gpu_check.main(["--device", "cpu", "--out", str(tmp_path)])
-    assert [s["step"] for s in summary["steps"]] == ["tests", "speed", "step", "train", "train-torchrun"]
+    assert [s["step"] for s in summary["steps"]] == ["tests", "speed", "step", "train", "train-torchrun", "train-volumes"]
     assert all(s["status"] == "ok" for s in summary["steps"]), summary["steps"]
     assert "tests collected" in summary["steps"][0]["tail"][-1]  # the CUDA selection, collected, not run
     saved = json.loads((tmp_path / "gpu-check-cpu.json").read_text())
