@@ -442,7 +442,8 @@ def report(result: dict) -> str:
                   "| B | D | features | N voxels | ms | peak MiB | naive N x N would need |", "|---:|---:|---|---:|---:|---:|---:|"]
         lines += [f"| {r['B']} | {r['D']} | {' x '.join(map(str, r['size']))} | {r['N']:,} | {r['ms']:.0f} | "
                   f"{fmt(r['peak_mb'], '.0f')} | {r['naive_gib']:,.0f} GiB |" for r in vol if "naive_gib" in r]
-    from step_overhead import MIX_COMPILED, MIX_CUTMIX, MIX_DEFAULT, MIX_FULL, SPEED, STEP, TEACHER, WHOLE
+    from step_overhead import (MIX_COMPILED, MIX_CUTMIX, MIX_DEFAULT, MIX_FULL, MIX_HALF, SPEED, STEP, TEACHER,
+                               TEACHER_HALF, WHOLE, WHOLE_HALF)
     step = {r["what"]: r for r in result["step"] if r["device"] == "cpu"}
 
     def cost(name):
@@ -457,7 +458,12 @@ def report(result: dict) -> str:
               f"UniMatch's teacher forward, which costs {cost(TEACHER)} more (the difference of the two forwards, "
               f"timed in turns). **EntropyMix's whole added cost: {cost(WHOLE)} of the step** (mixer calls, plan "
               "replays and that forward; UniMatch V2's EMA teacher predicts every view in one forward, so its recipe "
-              f"adds no forward). SPEEDLoss forward and backward for both streams at the output stride: {cost(SPEED)}."]
+              "adds no forward). The opt-in `--entropy-scale 0.5` takes the entropies from one forward of the weak and "
+              f"mixed-in views at half scale instead ({cost(TEACHER_HALF)}; the mixer on those smaller maps "
+              f"{cost(MIX_HALF)}): **{cost(WHOLE_HALF)} of the step in all**, with UniMatch's pseudo-labels unchanged and "
+              "the entropies comparable, but measured on smaller inputs, an approximation whose effect on accuracy "
+              f"this project has not measured. SPEEDLoss forward and backward for both streams at the output stride: "
+              f"{cost(SPEED)}."]
     return "\n".join(lines)
 
 

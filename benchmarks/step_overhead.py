@@ -40,8 +40,11 @@ MIX_COMPILED = "EntropyMix, 2 streams + plan replays (compiled, opt-in)"
 MIX_FULL = "EntropyMix on upsampled full-resolution logits, 2 streams + plan replays (eager)"
 MIX_CUTMIX = "CutMix, 2 streams + plan replays"
 SPEED = "SPEEDLoss forward + backward, 2 streams"
+MIX_HALF = "EntropyMix on half-scale teacher logits (--entropy-scale 0.5), 2 streams + plan replays (eager)"
 TEACHER = "Extra teacher forward: the weak view in eval mode, no gradients (EntropyMix's comparable entropies)"
 WHOLE = "EntropyMix, whole added cost: 2 streams + plan replays + the extra teacher forward"
+TEACHER_HALF = "Opt-in --entropy-scale 0.5: a teacher forward of the weak and mixed-in views at half scale"
+WHOLE_HALF = "EntropyMix with --entropy-scale 0.5, whole added cost: 2 streams + plan replays + that forward"
 
 
 def bench_step(device: torch.device, quick: bool, repeat: int, compiled: bool = True, size: int = 321,
@@ -140,6 +143,23 @@ def bench_step(device: torch.device, quick: bool, repeat: int, compiled: bool = 
             if r:
                 extra.append(t_both - t_alone)
         times[TEACHER] = statistics.median(extra)
+
+        @torch.no_grad()
+        @amp_region(device, amp_dtype, amp)
+        def half_scale():  # what --entropy-scale 0.5 adds instead: all views, downscaled, in eval mode
+            model.eval()
+            small = torch.nn.functional.interpolate(torch.cat([img_u_w, img_m_w]), scale_factor=0.5, mode="bilinear",
+                                                    align_corners=False)
+            model.classifier(model(small).features)
+            model.train()
+        times[TEACHER_HALF] = time_ms(half_scale, device, repeat=repeat, warmup=1)
+        with torch.no_grad(), amp_region(device, amp_dtype, amp):
+            model.eval()
+            small = torch.nn.functional.interpolate(torch.cat([img_u_w, img_m_w]), scale_factor=0.5, mode="bilinear",
+                                                    align_corners=False)
+            native_half = list(model.classifier(model(small).features).chunk(2))
+            model.train()
+        times[MIX_HALF] = time_ms(mix_call(entropymix, native_half), device, repeat=repeat, warmup=2)
         if compiled:
             previous = set_compile(True)
             try:
@@ -150,8 +170,9 @@ def bench_step(device: torch.device, quick: bool, repeat: int, compiled: bool = 
         rows += [{**common, "what": name, "ms": statistics.median(ts), "share": statistics.median(ts) / step_ms}
                  for name, ts in step_times.items()]
         rows += [{**common, "what": name, "ms": ms, "share": ms / step_ms} for name, ms in times.items()]
-        whole = times[MIX_DEFAULT] + times[TEACHER]
-        rows.append({**common, "what": WHOLE, "ms": whole, "share": whole / step_ms})
+        for name, parts in ((WHOLE, (MIX_DEFAULT, TEACHER)), (WHOLE_HALF, (MIX_HALF, TEACHER_HALF))):
+            whole = sum(times[p] for p in parts)
+            rows.append({**common, "what": name, "ms": whole, "share": whole / step_ms})
     return rows
 
 

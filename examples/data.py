@@ -4,6 +4,9 @@
   deterministically from a seed (nothing to download). The class is the shape (disk, square,
   triangle, ring, cross); colours and textures are drawn independently of it, so only shape
   tells classes apart, and a handful of labels is not enough to learn that.
+- ``streets``: the second embedded dataset, driving scenes of Cityscapes' structure: large
+  "stuff" regions in spatial context (sky, buildings and trees along a horizon, a road and its
+  sidewalks) and small, rare "things" (cars, people, poles, signs); see :func:`make_streets`.
 - ``pascal`` / ``cityscapes``: UniMatch's directory layout and split files. A split line is
   ``IMAGE_PATH MASK_PATH`` relative to the data root (e.g. ``JPEGImages/2007_000032.jpg
   SegmentationClass/2007_000032.png``) or a bare PASCAL id. Masks hold class indices with 255
@@ -29,7 +32,7 @@ from torch.utils.data import Dataset
 
 IGNORE = 255
 SHAPE_CLASSES = ("background", "disk", "square", "triangle", "ring", "cross")
-NUM_CLASSES = {"shapes": len(SHAPE_CLASSES), "pascal": 21, "cityscapes": 19}
+NUM_CLASSES = {"shapes": len(SHAPE_CLASSES), "streets": 9, "pascal": 21, "cityscapes": 19}
 
 
 # --- the embedded default dataset ---------------------------------------------------------------
@@ -91,6 +94,112 @@ def make_shapes(num: int, size: int = 64, seed: int = 0, max_shapes: int = 3) ->
         labels = torch.where(mask, cls.view(-1, 1, 1), labels)
     images = (images + 0.06 * torch.randn(images.shape, generator=g)).clamp(0, 1)
     return images, labels
+
+
+# --- the second embedded dataset: driving scenes ------------------------------------------------------
+
+STREET_CLASSES = ("road", "sidewalk", "building", "vegetation", "sky", "pole", "sign", "car", "person")
+THINGS = ("pole", "sign", "car", "person")  # small and rare, as Cityscapes' things are
+
+
+def _colour(g: torch.Generator, n: int, mean, jitter: float) -> Tensor:
+    """``(n, 3, 1, 1)`` colours around ``mean``, each channel jittered by up to ``jitter``."""
+    return (torch.tensor(mean).view(1, 3, 1, 1) + jitter * (2 * torch.rand(n, 3, 1, 1, generator=g) - 1)).clamp(0, 1)
+
+
+def make_streets(num: int, size: int = 96, seed: int = 0) -> Tuple[Tensor, Tensor]:
+    """``num`` driving scenes ``(num, 3, size, size)`` in [0, 1] and labels ``(num, size, size)``.
+
+    The structure of Cityscapes, generated from ``seed``: sky above a horizon, a road narrowing
+    towards a vanishing point, sidewalks along it, buildings and trees along the horizon (their
+    skyline a row of blocks of random heights), and small, rare things painted over them in
+    perspective (smaller near the horizon): cars on the road, people on the sidewalks, poles with a
+    sign on some. No cue alone gives the class away: building, road, sidewalk and pole colours
+    overlap (greys and beiges), cars and people take any colour, and each image has its own
+    illumination and tint. Texture (window grids, paving, foliage, smooth sky), shape and position
+    carry the rest.
+    """
+    g = torch.Generator().manual_seed(seed)
+    n, S = num, size
+    r = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731
+    yy = torch.arange(S, dtype=torch.float32).view(1, S, 1)
+    xx = torch.arange(S, dtype=torch.float32).view(1, 1, S)
+    noise = lambda cells, amount: amount * (F.interpolate(r(n, 1, cells, cells), size=(S, S), mode="bilinear",  # noqa: E731
+                                                          align_corners=False) - 0.5)
+    c = {k: i for i, k in enumerate(STREET_CLASSES)}
+    horizon = S * (0.38 + 0.12 * r(n, 1, 1))
+    # skyline: blocks of random width and height along the horizon, a share of them trees
+    blocks = 12
+    width = S / blocks * (0.6 + 0.8 * r(n, 1, 1))
+    block = (xx / width).long().clamp(max=blocks - 1).expand(n, 1, S)
+    heights = S * (0.08 + 0.3 * r(n, blocks))
+    tree = r(n, blocks) < 0.3
+    top = horizon - heights.gather(1, block.view(n, S)).view(n, 1, S)
+    is_tree = tree.gather(1, block.view(n, S)).view(n, 1, S)
+    wobble = 2.5 * torch.sin(xx * (0.5 + r(n, 1, 1)) + 6.3 * r(n, 1, 1))   # tree crowns are not flat
+    top = torch.where(is_tree, top + wobble, top)
+    # road and sidewalks: wedges from the vanishing point to the bottom edge
+    vx = S * (0.35 + 0.3 * r(n, 1, 1))
+    depth = (yy - horizon).clamp_min(0)
+    half_road, half_walk = depth * (0.45 + 0.5 * r(n, 1, 1)), depth * (0.9 + 0.5 * r(n, 1, 1))
+    below = yy >= horizon
+    label = torch.full((n, S, S), c["building"], dtype=torch.long)
+    label = torch.where(yy < top, c["sky"], torch.where(is_tree & (yy < horizon + 2), c["vegetation"], label))
+    label = torch.where(below & ((xx - vx).abs() <= half_walk), c["sidewalk"], label)
+    label = torch.where(below & ((xx - vx).abs() <= half_road), c["road"], label)
+    label = torch.where(below & (label == c["building"]) & (r(n, 1, 1) < 0.5), c["vegetation"], label)  # verges
+
+    greys = lambda: _colour(g, n, (0.5, 0.5, 0.5), 0.25)  # noqa: E731  (shared by several classes)
+    window = ((xx % (3 + (4 * r(n, 1, 1)).round())) < 1.5) | ((yy % (4 + (4 * r(n, 1, 1)).round())) < 1.5)
+    paving = ((xx + 2 * yy) % 6 < 1) | ((xx - 2 * yy) % 6 < 1)
+    layers = {
+        "road": greys() * 0.8 + noise(24, 0.08),
+        "sidewalk": greys() + 0.08 * paving[:, None] + noise(12, 0.06),
+        "building": _colour(g, n, (0.55, 0.5, 0.45), 0.3) * (1 - 0.35 * window[:, None]) + noise(8, 0.1),
+        "vegetation": _colour(g, n, (0.3, 0.45, 0.2), 0.2) + noise(32, 0.3),
+        "sky": _colour(g, n, (0.6, 0.7, 0.85), 0.2) + 0.25 * (yy / S - 0.3)[:, None],
+    }
+    image = torch.zeros(n, 3, S, S)
+    for name, layer in layers.items():
+        image = torch.where((label == c[name])[:, None], layer.expand(n, 3, S, S), image)
+
+    def paint(mask, cls, colour):
+        nonlocal image, label
+        image = torch.where(mask[:, None], colour.expand(n, 3, S, S), image)
+        label = torch.where(mask, c[cls], label)
+    # things, far ones first (nearer ones occlude them); sizes follow the perspective
+    for k in range(2):  # poles, some carrying a sign
+        px = vx + (2 * (r(n, 1, 1) < 0.5).float() - 1) * S * (0.3 + 0.25 * r(n, 1, 1))
+        foot = horizon + (S - horizon) * (0.15 + 0.5 * r(n, 1, 1))
+        scale = (foot - horizon) / S
+        tall = S * (0.5 + 0.3 * r(n, 1, 1)) * scale + 6
+        present = r(n, 1, 1) < 0.7
+        pole = present & ((xx - px).abs() <= 0.6 + 1.5 * scale) & (yy <= foot) & (yy >= foot - tall)
+        paint(pole, "pole", greys() * 0.7)
+        side = 2 + 6 * scale
+        sign = present & (r(n, 1, 1) < 0.6) & ((xx - px).abs() <= side) & ((yy - (foot - tall)).abs() <= side)
+        paint(sign, "sign", _colour(g, n, (0.5, 0.5, 0.5), 0.5))
+    for k in range(3):  # cars on the road
+        foot = horizon + (S - horizon) * (0.2 + 0.8 * r(n, 1, 1))
+        scale = (foot - horizon) / S
+        cx = vx + (2 * r(n, 1, 1) - 1) * (foot - horizon) * 0.4
+        w, h = S * 0.35 * scale + 2, S * 0.16 * scale + 1.5
+        body = ((xx - cx).abs() <= w / 2) & (yy <= foot) & (yy >= foot - h)
+        cabin = ((xx - cx).abs() <= w / 3) & (yy < foot - h) & (yy >= foot - 1.7 * h)
+        paint((body | cabin) & (r(n, 1, 1) < 0.75), "car", _colour(g, n, (0.5, 0.5, 0.5), 0.5))
+    for k in range(2):  # people on the sidewalks
+        foot = horizon + (S - horizon) * (0.2 + 0.7 * r(n, 1, 1))
+        scale = (foot - horizon) / S
+        px = vx + (2 * (r(n, 1, 1) < 0.5).float() - 1) * (foot - horizon) * (0.55 + 0.35 * r(n, 1, 1))
+        h = S * 0.3 * scale + 3
+        bodyw = 0.12 * h + 0.6
+        torso = (((xx - px) / bodyw) ** 2 + ((yy - (foot - 0.45 * h)) / (0.45 * h)) ** 2) <= 1
+        head = ((xx - px) ** 2 + (yy - (foot - 0.95 * h)) ** 2) <= (0.13 * h + 0.5) ** 2
+        paint((torso | head) & (r(n, 1, 1) < 0.6), "person", _colour(g, n, (0.5, 0.5, 0.5), 0.5))
+    light = 0.6 + 0.6 * r(n, 1, 1, 1)                    # per-image illumination and tint
+    tint = 1 + 0.15 * (2 * r(n, 3, 1, 1) - 1)
+    image = (image * light * tint + 0.03 * torch.randn(image.shape, generator=g)).clamp(0, 1)
+    return image, label
 
 
 # --- weak augmentation (UniMatch: resize, crop, flip) ---------------------------------------------
@@ -157,14 +266,23 @@ class SemiDataset(Dataset):
         return weak_augment(img, mask, self.crop, g, self.scale)
 
 
+EMBEDDED = ("shapes", "streets")
+
+
 def shapes_splits(num_labeled: int, num_unlabeled: int, num_val: int, size: int, seed: int):
-    """Deterministic labeled / unlabeled / validation tensors of the embedded dataset.
+    """Deterministic labeled / unlabeled / validation tensors of the embedded ``shapes`` dataset.
 
     The data seed is fixed (the dataset is the same for every run); ``seed`` picks which images
     are labeled, as a split file would.
     """
-    images, labels = make_shapes(num_labeled + num_unlabeled, size, seed=1234)
-    val_images, val_labels = make_shapes(num_val, size, seed=4321)
+    return embedded_splits("shapes", num_labeled, num_unlabeled, num_val, size, seed)
+
+
+def embedded_splits(dataset: str, num_labeled: int, num_unlabeled: int, num_val: int, size: int, seed: int):
+    """:func:`shapes_splits` for either embedded dataset (``"shapes"`` or ``"streets"``)."""
+    make = make_shapes if dataset == "shapes" else make_streets
+    images, labels = make(num_labeled + num_unlabeled, size, seed=1234)
+    val_images, val_labels = make(num_val, size, seed=4321)
     perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
     lab, unl = perm[:num_labeled], perm[num_labeled:]
     return (images[lab], labels[lab]), (images[unl], labels[unl]), (val_images, val_labels)

@@ -57,19 +57,23 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="EntropyMix selection of the second strong stream")
     p.add_argument("--first-select", default="max", choices=["max", "min", "sample", "random"],
                    help="EntropyMix selection of the first strong stream (random: grid patches, entropy ignored)")
+    p.add_argument("--entropy-scale", type=float, default=1.0,
+                   help="EntropyMix's teacher entropies from inputs at this scale: below 1, a separate forward of the "
+                        "weak and mixed-in views, downscaled, replaces adding the weak view to UniMatch's eval forward "
+                        "(cheaper; comparable entropies, but of smaller inputs: its effect on accuracy is not measured)")
     p.add_argument("--views", type=int, default=2, help="EntropyMix views per mixed image (3: a second mixed-in batch)")
     p.add_argument("--conf-thresh", type=float, default=None,
                    help="pseudo-label confidence threshold (default: UniMatch's 0.95 on real data, 0.8 on shapes, "
                         "where the model starts from scratch)")
-    p.add_argument("--dataset", choices=["shapes", "pascal", "cityscapes"], default="shapes",
-                   help="shapes is embedded (generated); the others read the layouts below")
+    p.add_argument("--dataset", choices=["shapes", "streets", "pascal", "cityscapes"], default="shapes",
+                   help="shapes and streets (driving scenes) are embedded (generated); the others read the layouts below")
     p.add_argument("--data-root", default=None, help="dataset root (pascal / cityscapes)")
     p.add_argument("--labeled-ids", default=None, help="split file of labeled samples")
     p.add_argument("--unlabeled-ids", default=None, help="split file of unlabeled samples")
     p.add_argument("--val-ids", default=None, help="split file of validation samples")
-    p.add_argument("--num-labeled", type=int, default=64, help="shapes: labeled images")
-    p.add_argument("--num-unlabeled", type=int, default=768, help="shapes: unlabeled images")
-    p.add_argument("--num-val", type=int, default=200, help="shapes: validation images")
+    p.add_argument("--num-labeled", type=int, default=64, help="shapes / streets: labeled images")
+    p.add_argument("--num-unlabeled", type=int, default=768, help="shapes / streets: unlabeled images")
+    p.add_argument("--num-val", type=int, default=200, help="shapes / streets: validation images")
     p.add_argument("--crop-size", type=int, default=64, help="training crop (UniMatch: 321 / 513 on VOC, 801 on Cityscapes)")
     p.add_argument("--epochs", type=int, default=20, help="length of the schedule")
     p.add_argument("--iters-per-epoch", type=int, default=None, help="cap iterations per epoch (smoke runs)")
@@ -89,15 +93,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="EntropyMix's torch.compile fast path (pays off on large probability maps)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    if args.dataset != "shapes":
+    if args.dataset not in ("shapes", "streets"):
         missing = [f"--{k.replace('_', '-')}" for k in ("data_root", "labeled_ids", "unlabeled_ids", "val_ids")
                    if not getattr(args, k)]
         if missing:
             p.error(f"--dataset {args.dataset} needs {', '.join(missing)}")
+    if not 0 < args.entropy_scale <= 1:
+        p.error(f"--entropy-scale {args.entropy_scale}: a scale in (0, 1]")
     if args.views < 2 or (args.views > 2 and args.mix != "entropymix"):
         p.error(f"--views {args.views}: at least 2, and more than 2 only with --mix entropymix")
     if args.conf_thresh is None:
-        args.conf_thresh = 0.8 if args.dataset == "shapes" else 0.95
+        args.conf_thresh = 0.8 if args.dataset in ("shapes", "streets") else 0.95
     if args.out_dir is None:
         tag = "" if args.method == "supervised" else f"-{args.mix}{'-speed' if args.speed else ''}"
         args.out_dir = f"runs/{args.dataset}-{args.method}{tag}-s{args.seed}"

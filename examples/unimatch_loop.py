@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data import IGNORE, NUM_CLASSES, SHAPE_CLASSES, SemiDataset, real_splits, shapes_splits
+from data import EMBEDDED, IGNORE, NUM_CLASSES, SHAPE_CLASSES, STREET_CLASSES, SemiDataset, embedded_splits, real_splits
 from model import DeepLabV3Plus
 from options import EXAMPLE, parse_args
 
@@ -62,16 +62,16 @@ def all_reduce(t: torch.Tensor) -> torch.Tensor:
 def build_data(args, world: int):
     """Loaders: labeled, unlabeled, ``views - 1`` unlabeled passes in other orders (the images mixed
     in), validation."""
-    if args.dataset == "shapes":
-        (xl, yl), (xu, yu), (xv, yv) = shapes_splits(args.num_labeled, args.num_unlabeled, args.num_val,
-                                                     args.crop_size, args.seed)
+    if args.dataset in EMBEDDED:
+        (xl, yl), (xu, yu), (xv, yv) = embedded_splits(args.dataset, args.num_labeled, args.num_unlabeled,
+                                                       args.num_val, args.crop_size, args.seed)
         loader = None
     else:
         (xl, yl), (xu, yu), (xv, yv), loader = real_splits(args.dataset, args.data_root, args.labeled_ids,
                                                            args.unlabeled_ids, args.val_ids)
     # UniMatch's rescale range; milder on the small synthetic images
     kw = dict(crop=args.crop_size, seed=args.seed, loader=loader,
-              scale=(0.75, 1.5) if args.dataset == "shapes" else (0.5, 2.0))
+              scale=(0.75, 1.5) if args.dataset in EMBEDDED else (0.5, 2.0))
     unlabeled = SemiDataset(xu, yu, "unlabeled", **kw)
     mixed_in = [SemiDataset(xu, yu, "unlabeled", **{**kw, "seed": args.seed + 7 * v}) for v in range(1, args.views)]
     labeled = SemiDataset(xl, yl, "labeled", nsample=len(unlabeled), **kw)
@@ -89,7 +89,7 @@ def build_data(args, world: int):
     bs = args.batch_size
     train = [loader_for(labeled, True, args.seed, bs), loader_for(unlabeled, True, args.seed + 1, bs)]
     train += [loader_for(ds, True, args.seed + 1 + v, bs) for v, ds in enumerate(mixed_in, 1)]
-    return train, loader_for(val, False, 0, 1 if args.dataset != "shapes" else 25, drop_last=False)
+    return train, loader_for(val, False, 0, 25 if args.dataset in EMBEDDED else 1, drop_last=False)
 
 
 def set_epoch(loaders, epoch: int) -> None:
@@ -193,14 +193,22 @@ def training_loss(model, batch, args, mixers, speed, strong, mix_gen):
     # of a train-mode and an eval-mode forward are not comparable (one view would win every cell).
     # It reads them at the model's output stride (the classifier on the decoder features), 16x
     # fewer pixels than the upsampled logits and the same information.
+    # With --entropy-scale below 1 the weak view stays out of that forward: a second, smaller one
+    # (all views, downscaled) gives the entropies instead, cheaper and still comparable.
     same_mode = any(_uses_entropy(m) for m in mixers)
+    probe = same_mode and getattr(args, "entropy_scale", 1.0) < 1
+    full = same_mode and not probe  # the weak view joins UniMatch's eval forward
     with torch.no_grad():
         model.eval()
-        teacher_eval = model(torch.cat(([img_u_w] if same_mode else []) + img_m_w))
+        teacher_eval = model(torch.cat(([img_u_w] if full else []) + img_m_w))
+        n = n_m + full
+        logits_m, feats_m = teacher_eval.logits.chunk(n)[full:], teacher_eval.features.chunk(n)[full:]
+        select_native = list(classifier(teacher_eval.features).chunk(n)) if full else None
+        if probe:
+            small = F.interpolate(torch.cat([img_u_w] + img_m_w), scale_factor=args.entropy_scale, mode="bilinear",
+                                  align_corners=False)
+            select_native = list(classifier(model(small).features).chunk(n_m + 1))
         model.train()
-        n = n_m + same_mode
-        logits_m, feats_m = teacher_eval.logits.chunk(n)[same_mode:], teacher_eval.features.chunk(n)[same_mode:]
-        select_native = list(classifier(teacher_eval.features).chunk(n)) if same_mode else None
 
     fp = args.method == "unimatch"
     n_streams = 2 if fp else 1
@@ -228,7 +236,7 @@ def training_loss(model, batch, args, mixers, speed, strong, mix_gen):
     with torch.no_grad():
         logits_t_native = None
         if speed is not None:  # the mixed-in views' output-stride logits already exist when a mixer read them
-            logits_t_native = [classifier(feats_u_w), *(select_native[1:] if same_mode else map(classifier, feats_m))]
+            logits_t_native = [classifier(feats_u_w), *(select_native[1:] if full else map(classifier, feats_m))]
     loss_x = F.cross_entropy(pred_x, mask_x, ignore_index=IGNORE)
     loss_s, loss_speed = [], []
     for (mixed, plan), pred_s, feat_s in zip(streams, preds_s, feats_s):
@@ -405,7 +413,7 @@ def main(argv=None, args=None) -> dict:
         raise SystemExit(130)
     result = {"args": vars(args), "world_size": world, "history": history, "best_miou": best,
               "final_miou": history[-1]["miou"] if history else None,
-              "classes": list(SHAPE_CLASSES) if args.dataset == "shapes" else None}
+              "classes": {"shapes": list(SHAPE_CLASSES), "streets": list(STREET_CLASSES)}.get(args.dataset)}
     if rank == 0:
         (out / "results.json").write_text(json.dumps(result, indent=1))
         save_figures(net, loader_val, history, out, device, result["classes"] or [str(c) for c in range(num_classes)])

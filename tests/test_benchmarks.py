@@ -27,9 +27,12 @@ def test_speed_quick_writes_tables_and_json(tmp_path, capsys):
     import step_overhead
     assert {r["what"] for r in saved["step"]} == {step_overhead.STEP, step_overhead.MIX_CUTMIX,
                                                   step_overhead.MIX_DEFAULT, step_overhead.MIX_FULL, step_overhead.SPEED,
-                                                  step_overhead.TEACHER, step_overhead.WHOLE}
+                                                  step_overhead.TEACHER, step_overhead.WHOLE, step_overhead.MIX_HALF,
+                                                  step_overhead.TEACHER_HALF, step_overhead.WHOLE_HALF}
     step = {r["what"]: r for r in saved["step"]}
     differences = (step_overhead.TEACHER, step_overhead.WHOLE)  # hold a difference of two timings: may dip below 0
+    assert step[step_overhead.WHOLE_HALF]["ms"] == pytest.approx(step[step_overhead.MIX_HALF]["ms"]
+                                                                 + step[step_overhead.TEACHER_HALF]["ms"])
     assert all(r["share"] > 0 for w, r in step.items() if w not in differences)
     assert "teacher" in step_overhead.TEACHER and "teacher" in step_overhead.WHOLE  # the extra forward, counted
     assert step[step_overhead.WHOLE]["ms"] == pytest.approx(step[step_overhead.MIX_DEFAULT]["ms"] + step[step_overhead.TEACHER]["ms"])

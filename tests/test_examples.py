@@ -27,6 +27,7 @@ TINY = ["--num-labeled", "4", "--num-unlabeled", "16", "--num-val", "10", "--cro
     ("unimatch", "classmix", True, []),
     ("unimatch", "entropymix", True, ["--views", "3", "--first-select", "random"]),
     ("unimatch", "entropymix", True, ["--amp"]),
+    ("unimatch", "entropymix", True, ["--entropy-scale", "0.5"]),
 ])
 def test_every_method_and_mixer_runs(tmp_path, method, mix, speed, extra):
     out = tmp_path / "run"
@@ -215,3 +216,36 @@ def test_help_is_fast_and_shows_defaults_and_layouts():
     assert proc.returncode == 0 and "(default: 20)" in proc.stdout and "labelTrainIds" in proc.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()}
     assert "argparse" in imported and "torch" not in imported  # torch is imported after parsing
+
+
+def test_streets_are_deterministic_long_tailed_and_in_context():
+    """The second embedded dataset: the same scenes from the same seed; stuff classes large,
+    things (poles, signs, cars, people) a few percent; sky above, road below; no colour gives a
+    class away (per-image illumination, overlapping palettes)."""
+    x, y = data.make_streets(200, 96, seed=7)
+    x2, y2 = data.make_streets(200, 96, seed=7)
+    assert torch.equal(x, x2) and torch.equal(y, y2) and x.shape == (200, 3, 96, 96) and y.shape == (200, 96, 96)
+    assert 0 <= float(x.min()) and float(x.max()) <= 1 and int(y.min()) >= 0 and int(y.max()) < len(data.STREET_CLASSES)
+    share = torch.bincount(y.flatten(), minlength=len(data.STREET_CLASSES)).double() / y.numel()
+    things = [data.STREET_CLASSES.index(t) for t in data.THINGS]
+    stuff = [c for c in range(len(data.STREET_CLASSES)) if c not in things]
+    assert all(0.0005 < share[c] < 0.05 for c in things) and 0.005 < share[things].sum() < 0.12
+    assert all(share[c] > 0.05 for c in stuff)
+    sky, road = data.STREET_CLASSES.index("sky"), data.STREET_CLASSES.index("road")
+    rows = torch.arange(96).view(1, 96, 1).expand_as(y).float()
+    assert rows[y == sky].mean() < 30 < 60 < rows[y == road].mean()
+    brightness = x.mean((1, 2, 3))
+    assert float(brightness.std()) > 0.05  # each image its own illumination
+    # nearest class-mean colour, the best a colour-only rule does per pixel, is far from enough
+    pixels, labels = x.permute(0, 2, 3, 1).reshape(-1, 3), y.flatten()
+    means = torch.stack([pixels[labels == c].mean(0) for c in range(len(data.STREET_CLASSES))])
+    guess = torch.cdist(pixels, means).argmin(1)
+    assert float((guess == labels).float().mean()) < 0.6
+
+
+def test_streets_dataset_trains_in_the_example(tmp_path):
+    out = tmp_path / "streets"
+    res = train.main(TINY + ["--crop-size", "48", "--dataset", "streets", "--epochs", "1", "--out-dir", str(out)])
+    (record,) = res["history"]
+    assert res["classes"] == list(data.STREET_CLASSES) and len(record["iou"]) == len(data.STREET_CLASSES)
+    assert np.isfinite(record["loss"]) and (out / "predictions.png").is_file()
