@@ -372,3 +372,36 @@ def real_splits(dataset: str, root: str, labeled_ids: str, unlabeled_ids: str, v
     def cols(pairs, masks=True):
         return [p[0] for p in pairs], [p[1] if masks else None for p in pairs]
     return cols(lab), cols(unl, masks=False), cols(val), _ImageLoader(root, dataset, NUM_CLASSES[dataset])
+
+
+def save_samples_figure(dataset: str, path: str, n: int = 6, size: int = 96) -> None:
+    """A figure of ``n`` samples of an embedded dataset with their labels and each class's pixel share."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+    names = STREET_CLASSES if dataset == "streets" else SHAPE_CLASSES
+    images, labels = (make_streets if dataset == "streets" else make_shapes)(200, size, seed=1234)
+    share = torch.bincount(labels.flatten(), minlength=len(names)).double() / labels.numel()
+    cmap = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(2, n, figsize=(2 * n, 4.6))
+    for i in range(n):
+        axes[0, i].imshow(images[i].permute(1, 2, 0).numpy())
+        axes[1, i].imshow(labels[i].numpy(), cmap=cmap, vmin=0, vmax=9, interpolation="nearest")
+        axes[0, i].set_axis_off(), axes[1, i].set_axis_off()
+    fig.legend(handles=[Patch(color=cmap(c), label=f"{name} {100 * share[c]:.1f}%") for c, name in enumerate(names)],
+               loc="lower center", ncol=min(len(names), 5), fontsize=8, frameon=False)
+    fig.suptitle(f"embedded `{dataset}` dataset: samples, labels, and each class's share of the pixels (200 images)",
+                 fontsize=9)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    import argparse
+    cli = argparse.ArgumentParser(description="Save a figure of an embedded dataset's samples and labels.")
+    cli.add_argument("dataset", choices=["shapes", "streets"])
+    cli.add_argument("path")
+    a = cli.parse_args()
+    save_samples_figure(a.dataset, a.path)
