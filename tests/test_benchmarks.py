@@ -14,6 +14,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import ablation  # noqa: E402
+from study import design  # noqa: E402  (the study's constants, read through the module: patchable)
 import speed  # noqa: E402
 
 
@@ -108,8 +109,8 @@ def test_ablation_quick_is_resumable_paired_and_saves_as_it_grows(tmp_path, caps
 def test_calibration_selection_and_noise_phases_write_their_verdicts(tmp_path, monkeypatch, capsys):
     """The three phases end to end at the smoke size: calibration on baselines only, the weight
     picked from the declared grid, the rounding-only reruns, and the report reading all of them."""
-    monkeypatch.setattr(ablation, "CANDIDATES", {"tiny": (ablation.QUICK, "the smoke size")})
-    monkeypatch.setattr(ablation, "STUDY", ablation.QUICK)
+    monkeypatch.setattr(design, "CANDIDATES", {"tiny": (ablation.QUICK, "the smoke size")})
+    monkeypatch.setattr(design, "STUDY", ablation.QUICK)
     results = tmp_path / "ablation.json"
     common = ["--out-root", str(tmp_path / "runs"), "--results", str(results), "--score-epochs", "1", "--jobs", "2"]
     cal = ablation.main(["--calibrate", "--seeds", "0", "1"] + common)

@@ -1,0 +1,265 @@
+"""The README's section, every number read from the JSON; and the study's plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Optional
+
+from .design import (BASELINE, CALIBRATION_SETTINGS, CONVERGED, FIXMATCH, HALF_WIDTH, SCORE_EPOCHS, SETTINGS,
+                     STUDY_SEEDS)
+from .runs import ROOT, machine
+from .stats import convergence, mean_curve
+
+
+def markdown(summary: dict) -> str:
+    lines = ["| setting | seeds | score mean | std | vs UniMatch + CutMix (95% CI) | verdict | min / run |",
+             "|---|---:|---:|---:|---|---|---:|"]
+    by_pair = {(d["setting"], d["reference"]): d for d in summary["differences"]}
+    for name, row in summary["table"].items():
+        d = by_pair.get((name, BASELINE))
+        ci = "-" if not d or d["low"] is None else f"{d['mean']:+.2f} ({d['low']:+.2f}, {d['high']:+.2f})"
+        std = f"{row['std']:.2f}" if len(row["seeds"]) > 1 else "-"
+        lines.append(f"| {name} | {len(row['seeds'])} | {row['mean']:.2f} | {std} | {ci} | "
+                     f"{(d or {}).get('verdict', '-')} | {row['minutes']:.1f} |")
+    lines += ["", "| comparison | seeds | mean difference (95% CI) | verdict |", "|---|---:|---|---|"]
+    for d in summary["differences"]:
+        if d["reference"] != BASELINE and d["low"] is not None:
+            lines.append(f"| {d['setting']} - {d['reference']} | {d['n']} | {d['mean']:+.2f} ({d['low']:+.2f}, "
+                         f"{d['high']:+.2f}) | {d['verdict']} |")
+    return "\n".join(lines)
+
+
+# What each comparison answers, for the report's findings: (setting, reference) -> question.
+QUESTIONS = {
+    ("unimatch+entropymix", BASELINE): "Does EntropyMix beat CutMix (inside UniMatch)?",
+    ("unimatch+entropymix", "unimatch+grid-random"): "Does entropy selection beat random grid patches (the same "
+                                                     "grid, patches picked at random)?",
+    ("unimatch+entropymix-3views", "unimatch+entropymix"): "Do 3 views beat 2 (EntropyMix)?",
+    ("unimatch+entropymix+speed", "unimatch+entropymix"): "Does SPEEDLoss help with EntropyMix?",
+    ("unimatch+cutmix+speed", BASELINE): "Does SPEEDLoss help with CutMix?",
+    ("unimatch+classmix", BASELINE): "Does ClassMix beat CutMix?",
+    ("unimatch+grid-random", BASELINE): "Do random grid patches beat CutMix?",
+    (BASELINE, "supervised"): "Does UniMatch + CutMix beat supervised training (the positive control)?",
+}
+
+
+def _ci(d: dict) -> str:
+    return (f"{d['mean']:+.2f} mIoU (95% CI {d['low']:+.2f} to {d['high']:+.2f}, {d['n']} seeds; paired t "
+            f"p = {d['p']:.3f}, Holm-adjusted {d['p_holm']:.3f})")
+
+
+def _answer(d: dict) -> str:
+    if d["p_holm"] < 0.05:
+        return "**yes**" if d["mean"] > 0 else "**no, it is worse**"
+    if d["low"] > 0 or d["high"] < 0:
+        return "not after Holm's correction (the uncorrected interval excludes 0)"
+    return "not distinguishable on this benchmark"
+
+
+def calibration_report(cal: dict) -> list:
+    cands = cal.get("candidates", {})
+    lines = ["**1. Calibration** (`--calibrate`, baselines only, calibration seeds; "
+             "`benchmarks/results/ablation-calibration.json`). Criteria: " + "; ".join(cal["criteria"].values()) + ".",
+             "", "| candidate | train.py flags | seeds | supervised | UniMatch + CutMix | FixMatch + CutMix | "
+             "UniMatch - supervised (95% CI) | last-quarter gain / epoch (sup., UniMatch) | predicted half-width | "
+             "min / UniMatch run | passes |", "|---|---|---:|---:|---:|---:|---|---|---:|---:|---|"]
+    for name, c in cands.items():
+        t, ch = c["table"], c["checks"]
+        pos, gain = ch["positive_control"], ch["last_quarter_gain_per_epoch"]
+        means = {n: f"{t[n]['mean']:.2f}" if n in t else "-" for n in CALIBRATION_SETTINGS}
+        ci = "-" if not pos or pos["low"] is None else f"{pos['mean']:+.2f} ({pos['low']:+.2f}, {pos['high']:+.2f})"
+        half = "-" if ch["predicted_half_width"] is None else f"{ch['predicted_half_width']:.2f}"
+        lines.append(f"| {name} | `{' '.join(c['args'])}` | {len(c['seeds'])} | {means['supervised']} | "
+                     f"{means[BASELINE]} | {means[FIXMATCH]} | {ci} | {gain.get('supervised', math.nan):+.2f}, "
+                     f"{gain.get(BASELINE, math.nan):+.2f} | {half} | "
+                     f"{ch['minutes_per_run'].get(BASELINE, math.nan):.1f} | {'yes' if ch['passes'] else 'no'} |")
+    lines += [""] + [f"- {name}: {c['why']}." for name, c in cands.items()]
+    chosen = cal.get("chosen")
+    lines += ["", f"Chosen: **{chosen}** ({cal['criteria']['choice']})." if chosen else
+              "No candidate passes every criterion yet: the study has no calibrated run size."]
+    return lines
+
+
+def selection_report(sel: dict) -> list:
+    lines = [f"**2. SPEEDLoss's weight** (`--select`; {sel['setting']} at the chosen run size, calibration seeds "
+             f"{', '.join(map(str, sel['seeds']))}; {sel['rule']}; the grid `SPEED_WEIGHTS` is declared in the code "
+             "and nothing else gets a tuning budget): ", "", "| --speed-weight | seeds | scores | mean |",
+             "|---:|---:|---|---:|"]
+    for w, row in zip(sel["weights"], sel["table"].values()):
+        lines.append(f"| {w:g} | {len(row['seeds'])} | {', '.join(f'{v:.2f}' for v in row['score'])} | "
+                     f"{row['mean']:.2f} |")
+    lines += ["", f"Chosen: `--speed-weight {sel['chosen']:g}`, used by every SPEEDLoss setting of the study."
+              if sel.get("chosen") is not None else "No weight chosen yet."]
+    return lines
+
+
+def noise_report(nz: dict) -> list:
+    parts = []
+    for name, row in nz["settings"].items():
+        rep, pert = row.get("repeat", {}), row.get(f"threads{nz['perturbed_threads']}", {})
+        same = ("bit-identical curves" if rep.get("identical_curves") and all(rep["identical_curves"]) else
+                "score differences " + ", ".join(f"{v:.2f}" for v in rep.get("score_abs_diff", [])))
+        moved = ", ".join(f"{v:.2f}" for v in pert.get("score_abs_diff", []))
+        std = "-" if row["seed_std"] is None else f"{row['seed_std']:.2f}"
+        parts.append(f"{name}: the same run again gives {same}; with {nz['perturbed_threads']} threads instead of "
+                     f"{nz['threads']} (the same arithmetic summed in another order) the score moves by {moved} mIoU "
+                     f"(std of the score over the calibration seeds: {std})")
+    return ["**Noise** (`--noise`: the calibration seeds' baselines at the chosen size, run again): " + "; ".join(parts)
+            + ". A change of rounding alone moves a run's score by about as much as a new seed, or more: no single run "
+              "means anything on its own, only differences over many seeds do (the t-intervals below are over seeds; a "
+              "rounding change is one more source of the spread they measure, and one perturbed rerun per baseline "
+              "does not say how large it is in general)."]
+
+
+_SCOPE = ("This is a small from-scratch benchmark on CPU (a narrow model on the embedded `shapes` data), not a "
+          "replication of the paper's VOC and Cityscapes results, which need a pretrained ResNet-101 DeepLabV3+.")
+
+
+RECORDED = ROOT / "tests" / "recorded_2d.pt"
+
+
+def pinned_code() -> Optional[str]:
+    """The training code whose 2-D outputs ``tests/test_recorded.py`` holds today's code to, bit for bit."""
+    import torch
+    return torch.load(RECORDED)["code"] if RECORDED.exists() else None
+
+
+def pinned_note(prov: dict) -> str:
+    """What the README says when the package changed after the study but its 2-D computation did not."""
+    if prov.get("code") != pinned_code():
+        return ""
+    return (f" The code changed after the study, but not its 2-D computation: "
+            f"`tests/test_recorded.py`, run by CI, holds the library's plans, entropies and losses, and two training "
+            f"steps of the example for every mixer, bit for bit equal to outputs recorded from `{prov.get('code')}` "
+            "(on the CPU ISA they were recorded on; within 1e-5 elsewhere), so these runs stand for this version.")
+
+
+def report(results: Optional[dict], calibration: Optional[dict] = None, total_runs: int = len(SETTINGS) * len(STUDY_SEEDS)) -> str:
+    """The README's ablation section, every number read from ``results`` (``ablation.json``) and
+    ``calibration`` (``ablation-calibration.json``); findings only from intervals that exclude 0.
+    ``results=None``: the study has not started."""
+    cal = calibration or {}
+    lines = ["Three phases, each resumable: `python benchmarks/ablation.py --calibrate` (1, the run size, on the "
+             "baselines alone: supervised, UniMatch + CutMix, FixMatch + CutMix, never EntropyMix or SPEEDLoss, so the "
+             "benchmark is not tuned toward the methods it tests), `--select` (2, SPEEDLoss's weight from the grid "
+             "`SPEED_WEIGHTS` declared in the code; the paper gives none, and nothing else gets a tuning budget), "
+             "`--noise` (reruns where only rounding changes), then `--jobs 2` (3, the study, on held-out seeds); "
+             "`--report` prints this section from the JSON files. The seed "
+             "fixes the labeled set, the data order and every random draw, the same for every setting, so settings are "
+             f"compared paired by seed. A run's score is the mean validation mIoU of the last {SCORE_EPOCHS} epochs; a paired difference is reported with its "
+             "95% t-interval over seeds and Holm's correction over all comparisons, and one whose interval contains 0 "
+             "is \"not distinguishable on this benchmark\", whatever its mean.", ""]
+    if cal.get("candidates"):
+        lines += calibration_report(cal) + [""]
+    if cal.get("selection"):
+        lines += selection_report(cal["selection"]) + [""]
+    if cal.get("noise"):
+        lines += noise_report(cal["noise"]) + [""]
+    if not results:
+        lines += [f"**3. The study** (held-out seeds {', '.join(map(str, STUDY_SEEDS))}; {len(SETTINGS)} settings: "
+                  f"{', '.join(SETTINGS)}): **not started**."]
+        chosen, sel = cal.get("candidates", {}).get(cal.get("chosen") or ""), cal.get("selection") or {}
+        if chosen and sel.get("chosen") is not None:
+            minutes = chosen["checks"]["minutes_per_run"]
+            speed = statistics.mean(row["minutes"] for row in sel["table"].values())
+            total = sum(minutes["supervised"] if n == "supervised" else speed if "+speed" in n else minutes[BASELINE]
+                        for n in SETTINGS) * len(STUDY_SEEDS)
+            lines[-1] += (f" Phases 1 and 2 have fixed its run size and weight; `python benchmarks/ablation.py --jobs 2` "
+                          f"runs its {len(SETTINGS) * len(STUDY_SEEDS)} runs in about {total / 60 / 2:.1f} hours of two "
+                          "runs at a time on this machine (the calibration's minutes per run; the selection's for "
+                          "SPEEDLoss settings).")
+        return "\n".join(lines + ["", _SCOPE])
+    prov, table = results.get("provenance") or {}, results["table"]
+    trained = results.get("machines") or {machine(prov): results["finished_runs"]}
+    on = (next(iter(trained)) if len(trained) == 1 else
+          ", ".join(f"{m} for {k} run{'s' * (k != 1)}" for m, k in trained.items()) + "; a seed's runs on two machines differ by "
+          "rounding only, a perturbation the noise measurement above sizes")
+    diffs = [d for d in results["differences"] if d["low"] is not None]
+    done = results["finished_runs"]
+    status = ("all runs finished" if done >= total_runs else
+              f"{done} of {total_runs} runs finished; the study resumes where it stopped, in this checkout or a new one "
+              "(each finished run is kept in `benchmarks/results/ablation-runs/`)")
+    lines += [f"**3. The study** (held-out seeds {', '.join(map(str, results['seeds']))}, never used by phases 1 and 2; "
+              f"train.py flags `{' '.join(results['extra_args'])}`; training code `{prov.get('code')}`, torch "
+              f"{prov.get('torch')}, one thread per run, on {on}). "
+              f"**Status: {status}.**{pinned_note(prov)}", "", markdown(results), "",
+              "![paired differences](benchmarks/results/ablation.png)", ""]
+    gains = convergence(table) if table else {}
+    if gains:
+        met = sum(g < CONVERGED for g in gains.values())
+        lines += [f"Convergence (gain per epoch over the last quarter of a setting's mean curve; criterion: below "
+                  f"{CONVERGED} mIoU per epoch, which phase 1 checked on the baselines' calibration seeds): "
+                  f"met by {met} of {len(gains)} settings; "
+                  + ", ".join(f"{n} {g:+.2f}" for n, g in gains.items()) + "."
+                  + ("" if met == len(gains) else
+                     " The others were still learning when the schedule ended; it was fixed by phase 1 and not "
+                     "changed after, so the study compares settings at an equal training budget, not at convergence.")
+                  + " `benchmarks/results/ablation-curves.png` plots the curves."]
+    mixed = {n: row["mixing"] for n, row in table.items() if row.get("mixing")}
+    if mixed:
+        parts = []
+        for n, runs in mixed.items():
+            last = [epochs[-1] for epochs in runs.values()]  # final epoch, per seed: one record per stream
+            share = [statistics.mean(r[s]["view_share"][0] for r in last) for s in range(len(last[0]))]
+            whole = [statistics.mean(r[s]["whole_sample_share"] for r in last) for s in range(len(last[0]))]
+            parts.append(f"{n} " + ", ".join(f"stream {s + 1}: {100 * a:.0f}% from the strong view itself, "
+                                              f"{100 * w:.0f}% of samples whole" for s, (a, w) in enumerate(zip(share, whole))))
+        lines[-1] += (" What the mixers did in the final epoch (mean over seeds; per epoch in the JSON): "
+                      + "; ".join(parts) + ".")
+    by_pair = {(d["setting"], d["reference"]): d for d in diffs}
+    answers = [f"- {q} {_answer(by_pair[k])}: {_ci(by_pair[k])}." for k, q in QUESTIONS.items() if k in by_pair]
+    distinct = {frozenset((d["setting"], d["reference"])) for d in diffs}
+    if answers:
+        lines += ["", f"**What this benchmark shows** (Holm over all {len(distinct)} distinct comparisons):", ""] + answers
+    key = by_pair.get(("unimatch+entropymix", BASELINE))
+    if key:
+        half = (key["high"] - key["low"]) / 2
+        lines += ["", f"The 95% half-width of EntropyMix vs CutMix is {half:.2f} mIoU over {key['n']} seeds (goal: at most "
+                  f"{HALF_WIDTH})" + ("." if half <= HALF_WIDTH else
+                                      f"; at this spread about {math.ceil(key['n'] * (half / HALF_WIDTH) ** 2)} seeds "
+                                      "would reach it.")]
+    return "\n".join(lines + ["", _SCOPE])
+
+
+def plot(summary: dict, diff_path: Path, curve_path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    diffs, seen = [], set()
+    for d in summary["differences"]:  # a pair and its mirror (supervised vs CutMix) are drawn once
+        if d["low"] is not None and (d["reference"], d["setting"]) not in seen:
+            diffs.append(d)
+            seen.add((d["setting"], d["reference"]))
+    if diffs:
+        fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(diffs) + 1.2))
+        for i, d in enumerate(diffs):
+            colour = "#999999" if d["low"] <= 0 <= d["high"] else ("#2a9d3f" if d["mean"] > 0 else "#c0392b")
+            ax.errorbar(d["mean"], i, xerr=[[d["mean"] - d["low"]], [d["high"] - d["mean"]]], fmt="o", color=colour,
+                        capsize=3)
+            ax.scatter(d["differences"], [i] * len(d["differences"]), s=6, color="black", zorder=3)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_yticks(range(len(diffs)))
+        ax.set_yticklabels([f"{d['setting']} - {d['reference']}" for d in diffs], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("paired mIoU difference, mean and 95% CI (grey: contains 0)")
+        ax.grid(axis="x", alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(diff_path, dpi=110)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    colours = plt.get_cmap("tab20")
+    for i, (name, row) in enumerate(summary["table"].items()):
+        mean = mean_curve(row)
+        ax.plot(range(1, len(mean) + 1), mean, label=f"{name} ({len(row['curves'])} seeds)", lw=1.2, color=colours(i),
+                ls="-" if i % 2 == 0 else "--")
+    ax.set(xlabel="epoch", ylabel="val mIoU (%), mean over seeds")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(curve_path, dpi=110)
+    plt.close(fig)
