@@ -54,21 +54,9 @@ def same_device(name: str, t: Tensor, device: torch.device, others: str = "the i
         raise ValueError(f"{name} is on {t.device} but {others} on {device}")
 
 
-def pair(name: str, value: Grid) -> Tuple[int, int]:
-    """A positive ``(a, b)`` from an int or a pair of ints."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value, value)
-    if (not isinstance(value, (tuple, list)) or len(value) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if value[0] < 1 or value[1] < 1:
-        raise ValueError(f"{name} must be positive, got {tuple(value)}")
-    return int(value[0]), int(value[1])
-
-
 def dims(name: str, value: object, n: Optional[int] = None) -> Tuple[int, ...]:
     """Positive ints, one per spatial axis: an int is repeated ``n`` times (2 when ``n`` is None); a
-    tuple must have ``n`` entries (2 or 3 when ``n`` is None). ``pair`` for volumes."""
+    tuple must have ``n`` entries (2 or 3 when ``n`` is None)."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = (value,) * (n or 2)
     want = f"{n}" if n is not None else "2 or 3"
