@@ -60,7 +60,7 @@ from study.stats import (T95, convergence, holm, mean_curve, paired, predicted_h
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     phase = ap.add_mutually_exclusive_group()
-    phase.add_argument("--calibrate", action="store_true", help="phase 1: every candidate's baselines")
+    phase.add_argument("--calibrate", action="store_true", help="phase 1: every candidate's baselines (of --dataset)")
     phase.add_argument("--select", action="store_true", help="phase 2: SPEEDLoss's weight on the calibration seeds")
     phase.add_argument("--noise", action="store_true", help="the baselines again: same threads, then other threads")
     phase.add_argument("--report", action="store_true",
@@ -75,7 +75,19 @@ def main(argv=None) -> dict:
     ap.add_argument("--results", type=Path, default=RESULTS / "ablation.json")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run of the study")
     ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (each gets cores / jobs threads)")
+    ap.add_argument("--dataset", choices=["shapes", "streets"], default="shapes",
+                    help="streets: its own JSON (ablation-streets*.json), seeds and candidates; phase 2 is not rerun")
     args, extra = ap.parse_known_args(argv)  # anything else goes to train.py (e.g. --epochs 20)
+    if args.dataset == "streets":
+        if args.select:
+            ap.error("--dataset streets: SPEEDLoss keeps the weight selected on shapes; --select does not run again")
+        if args.results == RESULTS / "ablation.json":
+            args.results = RESULTS / "ablation-streets.json"
+        args.candidates = args.candidates or list(design.STREETS_CANDIDATES)
+        args.seeds = args.seeds or (design.STREETS_CALIBRATION_SEEDS if args.calibrate or args.noise
+                                    else design.STREETS_STUDY_SEEDS)
+    else:
+        args.candidates = args.candidates or [c for c in design.CANDIDATES if c not in design.STREETS_CANDIDATES]
     calibration = _calibration(args)
     if args.report:
         results = _load(args.results) or None

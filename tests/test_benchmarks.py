@@ -241,3 +241,24 @@ def test_gpu_check_runs_its_cpu_parts(tmp_path):
     assert "tests collected" in summary["steps"][0]["tail"][-1]  # the CUDA selection, collected, not run
     saved = json.loads((tmp_path / "gpu-check-cpu.json").read_text())
     assert saved["speed"] and saved["step"] and saved["device"] == "cpu"
+
+
+def test_streets_calibration_has_its_own_files_seeds_and_goal(tmp_path, monkeypatch, capsys):
+    """`--dataset streets`: its own JSON beside the study's, its candidates only, the baselines only,
+    the 1.5 mIoU half-width goal; phase 2 is not rerun (the weight selected on shapes is kept)."""
+    tiny = {"streets-tiny": (design.STREETS + ablation.QUICK, "the smoke size")}
+    monkeypatch.setattr(design, "STREETS_CANDIDATES", tiny)
+    monkeypatch.setattr(design, "CANDIDATES", {**design.CANDIDATES, **tiny})
+    results = tmp_path / "ablation.json"
+    common = ["--dataset", "streets", "--out-root", str(tmp_path / "runs"), "--results", str(results), "--jobs", "2",
+              "--score-epochs", "1"]
+    out = ablation.main(["--calibrate", "--seeds", "0", "1"] + common)
+    trained = [line for line in capsys.readouterr().out.splitlines() if "train.py" in line]
+    assert len(trained) == 6 and all("--dataset streets" in line for line in trained)
+    assert not any("entropymix" in line or "--speed " in line for line in trained)
+    assert set(out["candidates"]) == {"streets-tiny"} and "at most 1.5 mIoU" in out["criteria"]["half_width"]
+    assert (tmp_path / "ablation-calibration.json").is_file() and design.STREETS_HALF_WIDTH == 1.5
+    with pytest.raises(SystemExit):
+        ablation.main(["--select"] + common)
+    assert not set(design.STREETS_STUDY_SEEDS) & (set(design.STREETS_CALIBRATION_SEEDS) | set(ablation.STUDY_SEEDS)
+                                                    | set(ablation.CALIBRATION_SEEDS))

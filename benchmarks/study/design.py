@@ -63,3 +63,25 @@ COMPARISONS = [
 NOISE_SETTINGS = ["supervised", BASELINE]
 QUICK = ["--num-labeled", "4", "--num-unlabeled", "16", "--num-val", "10", "--crop-size", "32", "--batch-size", "4",
          "--width", "8", "--iters-per-epoch", "2", "--epochs", "2"]
+
+# --- the second dataset: `streets` (driving scenes), the same questions on data of another structure --
+# Calibrated on its own seeds, baselines only, like `shapes`; SPEEDLoss keeps the weight selected on
+# `shapes` (no new tuning); its held-out study seeds were never used by any phase.
+STREETS_CALIBRATION_SEEDS = [200, 201, 202, 203]
+STREETS_HALF_WIDTH = 1.5  # mIoU: the goal for its paired differences' 95% half-width at 8 seeds
+STREETS_STUDY_SEEDS = list(range(2000, 2008))
+STREETS_SETTINGS = ["supervised", BASELINE, "unimatch+grid-random", "unimatch+entropymix", "unimatch+entropymix+speed",
+                    "unimatch+cutmix+speed"]
+STREETS = ["--dataset", "streets"]
+STREETS_CANDIDATES = {  # in the order they are to be tried, each only if the one before fails its checks
+    "streets-w16-c64-l64-u768-e40": (STREETS + ["--width", "16", "--crop-size", "64", "--epochs", "40"],
+                                     "the size `shapes` calibrated to (64 labels of 832, 7.7%, near Cityscapes' 1/16), "
+                                     "64-pixel scenes, a width-16 model, 3840 iterations"),
+    "streets-w16-c64-l32-u768-e40": (STREETS + ["--width", "16", "--crop-size", "64", "--num-labeled", "32",
+                                                "--epochs", "40"],
+                                     "half the labels, the usual remedy when supervised training saturates"),
+    "streets-w16-c96-l32-u768-e40": (STREETS + ["--width", "16", "--crop-size", "96", "--num-labeled", "32",
+                                                "--epochs", "40"],
+                                     "96-pixel scenes, where poles, signs and people span more pixels (2.1x the cost)"),
+}
+CANDIDATES.update(STREETS_CANDIDATES)
