@@ -262,3 +262,17 @@ def test_streets_calibration_has_its_own_files_seeds_and_goal(tmp_path, monkeypa
         ablation.main(["--select"] + common)
     assert not set(design.STREETS_STUDY_SEEDS) & (set(design.STREETS_CALIBRATION_SEEDS) | set(ablation.STUDY_SEEDS)
                                                     | set(ablation.CALIBRATION_SEEDS))
+
+
+def test_streets_calibration_chose_on_the_baselines_alone():
+    """The streets run size was chosen by phase 1 on its calibration seeds, from baseline runs only,
+    and the README names that choice."""
+    saved = json.loads((BENCH / "results" / "ablation-streets-calibration.json").read_text())
+    chosen = saved["chosen"]
+    assert chosen in design.STREETS_CANDIDATES and saved["candidates"][chosen]["checks"]["passes"]
+    assert saved["candidates"][chosen]["args"] == design.STREETS_CANDIDATES[chosen][0]
+    kept = list((BENCH / "results" / "ablation-streets-calibration-runs").glob("*/*.json"))
+    assert kept and all(p.stem.rsplit("-s", 1)[0] in ablation.CALIBRATION_SETTINGS for p in kept)
+    assert all(int(p.stem.rsplit("-s", 1)[1]) in design.STREETS_CALIBRATION_SEEDS for p in kept)
+    assert "half_width" in saved["criteria"] and "1.5" in saved["criteria"]["half_width"]
+    assert f"`{chosen}`" in (BENCH.parent / "README.md").read_text()
