@@ -2,7 +2,12 @@
 context and ``-`` line must stand, byte for byte and in one place, in the source."""
 
 import re
+import shutil
+import subprocess
 from typing import List, Tuple
+
+import torch
+from torch import nn
 
 HEADER = re.compile(r"@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 
@@ -66,7 +71,6 @@ def check_files(markdown: str, patch: str, upstream: str, count: int) -> None:
 def tools_accept(tmp_path, name: str, standin: str, patch: str) -> None:
     """``git apply --check`` and ``patch -p1 --dry-run -F0`` accept ``patch`` on the stand-in, saved
     as ``name`` (the file the patch names), with no fuzz."""
-    import subprocess
     (tmp_path / name).write_text(standin)
     (tmp_path / "recipe.patch").write_text(patch)
     for cmd in (["git", "apply", "--check", "recipe.patch"], ["patch", "-p1", "--dry-run", "-F0", "-i", "recipe.patch"]):
@@ -76,32 +80,23 @@ def tools_accept(tmp_path, name: str, standin: str, patch: str) -> None:
 
 
 def have_tools() -> bool:
-    import shutil
     return bool(shutil.which("git") and shutil.which("patch"))
 
 
 def single_process_gpu_free(monkeypatch) -> None:
     """Upstream scripts wrap the model in DDP, move batches with ``.cuda()`` and call
     ``barrier()``: in one CPU process these become a stand-in wrapper and no-ops."""
-    import torch
     monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", FakeDDP)
     monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
     monkeypatch.setattr(torch.distributed, "barrier", lambda *a, **k: None)
 
 
-def _fake_ddp():
-    from torch import nn
+class FakeDDP(nn.Module):
+    """What DistributedDataParallel looks like to a step (a ``module`` attribute), without a process group."""
 
-    class FakeDDP(nn.Module):
-        """What DistributedDataParallel looks like to a step (a ``module`` attribute), without a process group."""
+    def __init__(self, module, *args, **kwargs):
+        super().__init__()
+        self.module = module
 
-        def __init__(self, module, *args, **kwargs):
-            super().__init__()
-            self.module = module
-
-        def forward(self, *args, **kwargs):
-            return self.module(*args, **kwargs)
-    return FakeDDP
-
-
-FakeDDP = _fake_ddp()
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
