@@ -653,7 +653,8 @@ def cutmix_boxes(batch_size: int, size: Sequence[int], p: float = 0.5, size_min:
         generator.device if generator is not None else torch.device("cpu"))
     n, T = len(size), _CUTMIX_TRIES
     B = 1 if shared else batch_size
-    dims = torch.tensor(size, device=device, dtype=torch.float64)                       # (n,)
+    # built on the device by fills: torch.tensor(size, device=cuda) is a blocking host-to-device copy
+    dims = torch.stack([torch.full((), float(s), dtype=torch.float64, device=device) for s in size])  # (n,)
     if share is not None:
         u = _uniform((B, 1 + n), device, generator).double()
         sides = (share * dims).floor().clamp_min(1).expand(B, n)
@@ -725,11 +726,12 @@ def classmix_masks(labels: Tensor, num_classes: int, valid: Optional[Tensor] = N
     B = labels.shape[0]
     flat = labels.flatten(1)
     keep = torch.ones_like(flat, dtype=torch.bool) if valid is None else valid.flatten(1)
-    present = torch.zeros(B, num_classes, dtype=torch.bool, device=labels.device)
-    present.scatter_reduce_(1, flat.clamp(0, num_classes - 1), keep, reduce="amax")
+    # uint8, not bool: CUDA has no bool scatter_reduce
+    present = torch.zeros(B, num_classes, dtype=torch.uint8, device=labels.device)
+    present = present.scatter_reduce_(1, flat.clamp(0, num_classes - 1), keep.byte(), reduce="amax").bool()
     # Rank present classes by a random key (absent ones last); the first ceil(n / 2) are drawn.
     keys = torch.where(present, _uniform((B, num_classes), labels.device, generator), 2.0)
     rank = keys.argsort(1).argsort(1)
     drawn = present & (rank < (present.sum(1, keepdim=True) + 1) // 2)
-    pasted = drawn.gather(1, flat.clamp(0, num_classes - 1)) & keep
+    pasted = drawn.byte().gather(1, flat.clamp(0, num_classes - 1)).bool() & keep
     return pasted.view_as(labels).long()
