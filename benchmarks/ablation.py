@@ -10,6 +10,8 @@ seeds, candidates, criteria; ``stats``: t-intervals, p-values, Holm's correction
     python benchmarks/ablation.py --jobs 2              # 3. the focused study, on held-out seeds
     python benchmarks/ablation.py --quick               # a smoke run (tiny data, a few iterations)
     python benchmarks/ablation.py --report              # the README section, from the JSON files
+    python benchmarks/ablation.py --dataset streets --jobs 2   # the second dataset's study (its own JSON)
+    python benchmarks/ablation.py --dataset streets --report   # its README section, beside the shapes verdicts
 
 1. **Calibration** trains only the baselines (supervised, UniMatch + CutMix, FixMatch + CutMix) of
    every candidate run size in ``CANDIDATES`` on ``CALIBRATION_SEEDS``, and checks that the runs
@@ -50,7 +52,7 @@ from study import design  # noqa: E402
 from study.design import *  # noqa: E402,F401,F403  (ablation.SETTINGS and the rest, as before the split)
 from study.phases import _calibration, calibrate, checks, noise, select, summarise  # noqa: E402,F401
 from study.report import (calibration_report, markdown, noise_report, pinned_code, pinned_note, plot,  # noqa: E402,F401
-                          report, selection_report)
+                          report, selection_report, side_by_side, streets_report)
 from study.runs import (RESULTS, ROOT, TRAIN, _load, machine, machines, provenance, run, run_all,  # noqa: E402,F401
                         same_computation, score)
 from study.stats import (T95, convergence, holm, mean_curve, paired, predicted_half_width, slope, t95,  # noqa: E402,F401
@@ -67,7 +69,8 @@ def main(argv=None) -> dict:
                        help="print the README section from the saved JSON files; trains nothing")
     ap.add_argument("--seeds", type=int, nargs="+", default=None,
                     help="default: the calibration seeds for --calibrate / --select / --noise, else the held-out ones")
-    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--settings", nargs="+", choices=list(SETTINGS),
+                    help="default: every setting of the dataset's study")
     ap.add_argument("--candidates", nargs="+", choices=list(design.CANDIDATES), help="with --calibrate: these only")
     ap.add_argument("--score-epochs", type=int, default=SCORE_EPOCHS,
                     help="a run's score: mean mIoU of its last N epochs")
@@ -86,9 +89,15 @@ def main(argv=None) -> dict:
         args.candidates = args.candidates or list(design.STREETS_CANDIDATES)
         args.seeds = args.seeds or (design.STREETS_CALIBRATION_SEEDS if args.calibrate or args.noise
                                     else design.STREETS_STUDY_SEEDS)
+        args.settings, size, study_dir = args.settings or list(design.STREETS_SETTINGS), design.STREETS_STUDY, "study-streets"
+        quick = QUICK + design.STREETS
     else:
         args.candidates = args.candidates or [c for c in design.CANDIDATES if c not in design.STREETS_CANDIDATES]
+        args.settings, size, study_dir, quick = args.settings or list(SETTINGS), design.STUDY, "study", QUICK
     calibration = _calibration(args)
+    if args.report and args.dataset == "streets":  # with the shapes study beside it, for the side-by-side table
+        print(streets_report(_load(args.results) or None, _load(calibration), _load(RESULTS / "ablation.json") or None))
+        return {}
     if args.report:
         results = _load(args.results) or None
         print(report(results, _load(calibration)))
@@ -109,7 +118,7 @@ def main(argv=None) -> dict:
         print(json.dumps({c: v["checks"] for c, v in out[key].items()} if args.calibrate else out[key], indent=1)[:4000])
         return out
     args.seeds = args.seeds or STUDY_SEEDS
-    extra = (QUICK if args.quick else design.STUDY) + extra  # later flags win: extra args override the study size
+    extra = (quick if args.quick else size) + extra  # later flags win: extra args override the study size
     jobs = [(n, SETTINGS[n], s, extra, threads) for s in args.seeds for n in args.settings]  # seed-major
     summary: dict = {}
 
@@ -125,7 +134,7 @@ def main(argv=None) -> dict:
         # the plots follow the JSON, so a partial study's README shows what it reads
         plot(summary, args.results.with_suffix(".png"), args.results.with_name(args.results.stem + "-curves.png"))
 
-    done = run_all(jobs, args.out_root / "study", args.results.with_name(args.results.stem + "-runs"), prov,
+    done = run_all(jobs, args.out_root / study_dir, args.results.with_name(args.results.stem + "-runs"), prov,
                    args.jobs, save, any_machine=True)
     save(done)
     print("\n" + markdown(summary))

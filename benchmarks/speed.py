@@ -467,6 +467,84 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
+def cuda_report(result: dict, steps: dict, check: dict) -> str:
+    """The README's GPU section, every number read from the GPU check's JSON: ``result`` (its
+    ``speed-cuda.json``), ``steps`` (``step-cuda.json``) and ``check`` (``gpu-check-cuda.json``)."""
+    gpu, torch_version = result["machine"].get("cuda", "a CUDA device"), result["machine"]["torch"]
+    mix = [r for r in result["mix"] if r["device"] == "cuda"]
+    size = max(r["H"] for r in mix if r["B"] == 8)
+    head = {r["method"]: r for r in mix if (r["B"], r["H"], r["V"], r["dtype"]) == (8, size, 2, "float32")}
+    v4 = {r["method"]: r for r in mix if (r["B"], r["H"], r["V"], r["dtype"]) == (8, size, 4, "float32")}
+    half = {dt: {r["method"]: r for r in mix if (r["B"], r["H"], r["V"], r["dtype"]) == (8, size, 2, dt)}
+            for dt in ("float16", "bfloat16")}
+    K = next(iter(head.values()))["K"]
+    tests = next((s for s in check["steps"] if s["step"] == "tests"), None)
+    lines = [
+        f"The GPU check (`python benchmarks/gpu_check.py`) on one {gpu} (torch {torch_version}, {result['machine']['cpu_threads']} "
+        f"CPU threads); load average {result['load'][0]:.2f} when the timings started and {result['load_end'][0]:.2f} at "
+        f"the end. Medians of {result['repeat']} runs after warm-up, each timed between CUDA synchronisations; peak "
+        "memory is `torch.cuda.max_memory_allocated` growth of one call. Full tables: "
+        "`benchmarks/results/{speed,step,gpu-check}-cuda.json`.",
+        "",
+    ]
+    if tests is not None and tests["status"] != "ok":
+        lines += [f"Its first run failed CUDA tests ({tests['tail'][-1]}): ClassMix's `scatter_reduce` on a bool tensor, "
+                  "which has no CUDA kernel, and `cutmix_boxes`' blocking host-to-device copy of the box dimensions "
+                  "(caught by the `set_sync_debug_mode('error')` test), plus a test that gave CutMix three views. "
+                  "All three are fixed (CHANGELOG: Unreleased) and the CUDA tests rerun on the fixed code passed "
+                  "(`benchmarks/results/gpu-tests-rerun-cuda.log`). The timings below were taken in that first run: "
+                  "the rows that call `entropymix.CutMix` (its own, the volumes' CutMix rows and the steps with CutMix) "
+                  "include the blocking copy since removed; no EntropyMix or SPEEDLoss row calls it.", ""]
+    lines += [f"Mixing the four tensors of a UniMatch step, B=8, 3 x {size} x {size}, K={K} probabilities at full "
+              "resolution, V=2, 4 x 4 grid, float32:", "",
+              "| method | ms | x UniMatch CutMix (every sample boxed) | peak MiB |", "|---|---:|---:|---:|"]
+    lines += [f"| {label} | {head[m]['ms']:.2f} | {head[m]['ratio']:.2f} | {fmt(head[m]['peak_mb'], '.1f')} |"
+              for m, label in README_ROWS if m in head]
+    d, u = head[DEFAULT], head[UNCHECKED]
+    lines += ["", f"On the GPU the value checks are most of the default call: {d['ms']:.2f} ms with them, "
+              f"{u['ms']:.2f} ms without (`check_values=False`, {u['ratio']:.2f}x UniMatch's CutMix); they end in the "
+              f"call's one host-device synchronisation. With V=4 views: {v4[DEFAULT]['ms']:.2f} ms by default, {v4[UNCHECKED]['ms']:.2f} ms "
+              f"unchecked. Half-precision inputs (the default call): float16 {half['float16'][DEFAULT]['ms']:.2f} ms, "
+              f"bfloat16 {half['bfloat16'][DEFAULT]['ms']:.2f} ms."]
+    rel = [r for r in result["relation"] if r["device"] == "cuda"]
+    lines += ["", "SPEEDLoss relation term on the GPU, forward + backward, B=8, D=256:", "",
+              "| features | N | exact Gram form ms | naive N x N ms | speed-up | peak MiB Gram / naive |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for g in (r for r in rel if r["method"] == "gram"):
+        n = next(r for r in rel if r["method"] == "naive" and r["side"] == g["side"])
+        naive = f"{n['ms']:.1f}" if n["ms"] is not None else "skipped"
+        speed = f"{g['speedup_vs_naive']:.1f}x" if g.get("speedup_vs_naive") else "-"
+        lines.append(f"| {g['side']} x {g['side']} | {g['N']} | {g['ms']:.1f} | {naive} | {speed} | "
+                     f"{fmt(g['peak_mb'], '.0f')} / {fmt(n['peak_mb'], '.0f')} |")
+    vol = [r for r in result.get("volume", []) if r["device"] == "cuda" and "ratio" in r]
+    if vol:
+        lines += ["", f"Volumes on the GPU, one copy-paste direction of a BCP step (B={vol[0]['B']} x 1 x "
+                  f"{' x '.join(map(str, vol[0]['size']))}), against BCP's hand-written masking:", "",
+                  "| method | ms | x BCP's | peak MiB |", "|---|---:|---:|---:|"]
+        lines += [f"| {r['method']} | {r['ms']:.2f} | {r['ratio']:.2f} | {fmt(r['peak_mb'], '.0f')} |" for r in vol]
+        base = vol[0]["ms"]
+        lines += ["", "Beyond BCP's blends: " + ", ".join(f"{r['method'].split(' + ')[0]} +{r['ms'] - base:.2f} ms"
+                                                         for r in vol[1:]) + " per direction."]
+    from step_overhead import MIX_COMPILED, MIX_CUTMIX, MIX_DEFAULT, SPEED, STEP, STEP_ENTROPYMIX, STEP_SPEED, TEACHER, WHOLE
+    st = {r["what"]: r for r in steps["step"] if r["device"] == "cuda"}
+    first = st[STEP]
+
+    def cost(name):
+        return f"{st[name]['ms']:.1f} ms, {100 * st[name]['share']:.1f}%"
+    lines += ["", f"One UniMatch step of the example model at width {first['width']} (about DeepLabV3+'s decoder width), "
+              f"B={first['B']}, {first['size']} x {first['size']}, K={first['K']}, float16 autocast with a GradScaler, "
+              f"median of {steps['repeat']}, the variants interleaved (load average {steps['load'][0]:.2f} at the "
+              f"start, {steps['load_end'][0]:.2f} at the end): with CutMix {first['ms']:.1f} ms; with EntropyMix "
+              f"{st[STEP_ENTROPYMIX]['ms']:.1f} ms ({100 * (st[STEP_ENTROPYMIX]['share'] - 1):+.1f}%); with EntropyMix "
+              f"and SPEEDLoss {st[STEP_SPEED]['ms']:.1f} ms ({100 * (st[STEP_SPEED]['share'] - 1):+.1f}%). Timed alone, "
+              f"the parts: EntropyMix's two streams and plan replays {cost(MIX_DEFAULT)} ({cost(MIX_COMPILED)} compiled; "
+              f"CutMix's {cost(MIX_CUTMIX)}), the extra eval-mode teacher forward {cost(TEACHER)}, together "
+              f"{cost(WHOLE)}; SPEEDLoss forward and backward {cost(SPEED)}. Timed alone, the parts sum to more than the "
+              "difference between whole steps (inside a step, asynchronous execution overlaps some of their work): "
+              "the whole steps are what a user pays."]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, few repeats (a smoke run)")
@@ -482,8 +560,11 @@ def main(argv=None) -> dict:
                     help="also time whole steps with EntropyMix and with EntropyMix + SPEEDLoss (resolves on a GPU)")
     ap.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/speed-<dev>.json)")
-    ap.add_argument("--report", action="store_true", help="print the README section from the saved CPU JSON; measures nothing")
+    ap.add_argument("--report", action="store_true", help="print the README section from the saved CPU JSON (with --device cuda: the GPU check's); measures nothing")
     args = ap.parse_args(argv)
+    if args.report and args.device == "cuda":
+        print(cuda_report(*(json.loads((RESULTS / f"{n}-cuda.json").read_text()) for n in ("speed", "step", "gpu-check"))))
+        return {}
     if args.report:
         print(report(json.loads((args.out or RESULTS / "speed-cpu.json").read_text())))
         return {}

@@ -227,9 +227,15 @@ def test_readme_benchmark_sections_are_generated_from_the_saved_json():
     readme = (BENCH.parent / "README.md").read_text()
     results = BENCH / "results"
     assert speed.report(json.loads((results / "speed-cpu.json").read_text())) in readme
+    assert speed.cuda_report(*(json.loads((results / f"{n}-cuda.json").read_text())
+                               for n in ("speed", "step", "gpu-check"))) in readme  # the GPU check's figures
     study = ablation.report(ablation._load(results / "ablation.json") or None,
                             json.loads((results / "ablation-calibration.json").read_text()))
     assert study in readme
+    streets = ablation.streets_report(ablation._load(results / "ablation-streets.json") or None,
+                                      ablation._load(results / "ablation-streets-calibration.json"),
+                                      ablation._load(results / "ablation.json"))
+    assert streets in readme and ("Both datasets side by side" in streets or "has not started" in streets)
 
 
 def test_gpu_check_runs_its_cpu_parts(tmp_path):
@@ -276,3 +282,52 @@ def test_streets_calibration_chose_on_the_baselines_alone():
     assert all(int(p.stem.rsplit("-s", 1)[1]) in design.STREETS_CALIBRATION_SEEDS for p in kept)
     assert "half_width" in saved["criteria"] and "1.5" in saved["criteria"]["half_width"]
     assert f"`{chosen}`" in (BENCH.parent / "README.md").read_text()
+    assert design.STREETS_STUDY == saved["candidates"][chosen]["args"]  # the study runs at the chosen size
+
+
+def test_streets_study_runs_its_six_settings_with_class_iou_and_mixing(tmp_path, capsys):
+    """`--dataset streets` (the study, smoke size): the six settings of its design on the given seeds,
+    its own JSON with per-class IoU and mixing statistics, and a report beside the shapes verdicts."""
+    results = tmp_path / "ablation-streets.json"
+    args = ["--dataset", "streets", "--quick", "--seeds", "0", "--jobs", "2", "--score-epochs", "1",
+            "--out-root", str(tmp_path / "runs"), "--results", str(results)]
+    table = ablation.main(args)
+    trained = [line for line in capsys.readouterr().out.splitlines() if "train.py" in line]
+    assert len(trained) == 6 and all("--dataset streets" in line for line in trained)
+    assert list(table) == design.STREETS_SETTINGS
+    saved = json.loads(results.read_text())
+    for name, row in saved["table"].items():
+        assert set(row["class_iou"]) >= set(design.STREETS_RARE) and all(len(v) == 1 for v in row["class_iou"].values())
+        assert ("mixing" in row) == (name != "supervised")
+    ablation.main(args + ["--report"])
+    text = capsys.readouterr().out
+    assert "Both datasets side by side" in text and "1 of 48 runs finished" not in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and line.endswith(" | open |")]
+    assert len(rows) == 5  # one seed of eight: every verdict is still open
+    assert "| pole | sign | person | car |" in text
+
+
+def _diff(setting, reference, mean, low, high, p_holm, n=8):
+    return {"setting": setting, "reference": reference, "mean": mean, "low": low, "high": high, "p_holm": p_holm,
+            "n": n}
+
+
+def test_side_by_side_says_which_verdicts_carry_over():
+    """A verdict carries over when both studies give the same one (Holm-adjusted); a study short of its
+    seeds leaves it open; an interval that excludes 0 only before Holm is not a verdict of "better"."""
+    from study import report
+    questions = [(a, b) for a, b, _ in report.SIDE_BY_SIDE]
+    shapes = {"differences": [_diff(*questions[0], 4.8, 3.1, 6.6, 0.001), _diff(*questions[1], 4.5, 2.7, 6.3, 0.002),
+                              _diff(*questions[2], 3.2, 0.5, 5.9, 0.06), _diff(*questions[3], 0.3, -1.0, 1.6, 0.9)]}
+    streets = {"differences": [_diff(*questions[0], 2.0, 0.9, 3.1, 0.01), _diff(*questions[1], -2.0, -3.0, -1.0, 0.01),
+                               _diff(*questions[2], 0.1, -1.0, 1.2, 0.8), _diff(*questions[3], 0.2, -0.5, 0.9, 0.9),
+                               _diff(*questions[4], 8.0, 5.0, 11.0, 0.001, n=3)]}
+    lines = report.side_by_side(shapes, streets, 8)
+    rows = {line.split(" | ")[0][2:]: line.rsplit(" | ", 1)[1][:-2] for line in lines if line.startswith("| ")}
+    names = [q for _, _, q in report.SIDE_BY_SIDE]
+    assert rows[names[0]] == "yes"
+    assert rows[names[1]] == "**no**: better on `shapes`, worse on `streets`"
+    assert rows[names[2]] == "**no**: not after Holm on `shapes`, not distinguishable on `streets`"
+    assert rows[names[3]] == "yes (neither distinguishable)"
+    assert rows[names[4]] == "open: `streets` has 3 of 8 seeds"
+    assert "2 carry over to `streets`, 2 do not, and 1 is open" in lines[-1]

@@ -85,3 +85,5 @@ STREETS_CANDIDATES = {  # in the order they are to be tried, each only if the on
                                      "96-pixel scenes, where poles, signs and people span more pixels (2.1x the cost)"),
 }
 CANDIDATES.update(STREETS_CANDIDATES)
+STREETS_STUDY = STREETS_CANDIDATES["streets-w16-c64-l32-u768-e40"][0]  # the calibration's choice (a test holds it)
+STREETS_RARE = ["pole", "sign", "person", "car"]  # the small things whose per-class IoU the study reports

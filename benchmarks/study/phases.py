@@ -32,6 +32,12 @@ def summarise(done: dict, settings, seeds, last: int, comparisons=None) -> dict:
             "curves": {str(s): [h["miou"] for h in runs[s]["history"]] for s in sorted(scores)},
             "minutes": statistics.mean(sum(h["seconds"] for h in r["history"]) / 60 for r in runs.values()),
         }
+        ious = {s: [h["iou"] for h in runs[s]["history"][-last:]] for s in sorted(scores)
+                if all("iou" in h for h in runs[s]["history"][-last:])}
+        if ious and all(r.get("classes") for r in runs.values()):  # per class, over the same last epochs
+            classes = runs[min(ious)]["classes"]
+            table[name]["class_iou"] = {c: [statistics.mean(e[k] for e in ious[s]) for s in sorted(ious)]
+                                        for k, c in enumerate(classes)}
         mixing = {str(s): [h["mixing"] for h in runs[s]["history"]] for s in sorted(scores)
                   if all("mixing" in h for h in runs[s]["history"])}
         if mixing:  # per epoch and stream: mean share of each view, share of samples taken whole

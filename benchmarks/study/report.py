@@ -8,10 +8,11 @@ import statistics
 from pathlib import Path
 from typing import Optional
 
+from . import design
 from .design import (BASELINE, CALIBRATION_SETTINGS, CONVERGED, FIXMATCH, HALF_WIDTH, SCORE_EPOCHS, SETTINGS,
                      STUDY_SEEDS)
 from .runs import ROOT, machine
-from .stats import convergence, mean_curve
+from .stats import convergence, mean_curve, paired
 
 
 def markdown(summary: dict) -> str:
@@ -263,3 +264,129 @@ def plot(summary: dict, diff_path: Path, curve_path: Path) -> None:
     fig.tight_layout()
     fig.savefig(curve_path, dpi=110)
     plt.close(fig)
+
+
+# The questions both studies answer, in the README's side-by-side table: (setting, reference, question).
+SIDE_BY_SIDE = [
+    ("unimatch+entropymix", BASELINE, "EntropyMix vs CutMix (in UniMatch)"),
+    ("unimatch+entropymix", "unimatch+grid-random", "entropy selection vs random grid patches"),
+    ("unimatch+entropymix+speed", "unimatch+entropymix", "SPEEDLoss with EntropyMix"),
+    ("unimatch+cutmix+speed", BASELINE, "SPEEDLoss with CutMix"),
+    (BASELINE, "supervised", "positive control: UniMatch + CutMix vs supervised"),
+]
+
+
+def _short(d: dict) -> str:
+    """A difference's verdict in a word or two: Holm-adjusted p < 0.05 decides."""
+    if d["p_holm"] < 0.05:
+        return "better" if d["mean"] > 0 else "worse"
+    if d["low"] > 0 or d["high"] < 0:
+        return "not after Holm"  # the uncorrected interval excludes 0; the family-wise test does not
+    return "not distinguishable"
+
+
+def _cell(d: Optional[dict]) -> str:
+    if not d or d["low"] is None:
+        return "-"
+    return f"{d['mean']:+.2f} ({d['low']:+.2f}, {d['high']:+.2f}), {d['n']} seeds: {_short(d)}"
+
+
+def side_by_side(shapes: Optional[dict], streets: Optional[dict], streets_seeds: int) -> list:
+    """Both studies' answers to each question of ``SIDE_BY_SIDE``, and whether each verdict carries
+    over from `shapes` to `streets` (open while the streets study has fewer than ``streets_seeds``)."""
+    pairs = [{(d["setting"], d["reference"]): d for d in (r or {}).get("differences", []) if d["low"] is not None}
+             for r in (shapes, streets)]
+    lines = ["| question | `shapes`: difference (95% CI) | `streets`: difference (95% CI) | carries over? |",
+             "|---|---|---|---|"]
+    counts = {"yes": 0, "no": 0, "open": 0}
+    for a, b, question in SIDE_BY_SIDE:
+        d1, d2 = pairs[0].get((a, b)), pairs[1].get((a, b))
+        if d1 is None or d2 is None or d2["n"] < streets_seeds:
+            carry = "open" + (f": `streets` has {d2['n']} of {streets_seeds} seeds" if d2 else "")
+            counts["open"] += 1
+        elif _short(d1) == _short(d2):
+            carry = "yes" + (" (neither distinguishable)" if _short(d1) == "not distinguishable" else "")
+            counts["yes"] += 1
+        else:
+            carry = f"**no**: {_short(d1)} on `shapes`, {_short(d2)} on `streets`"
+            counts["no"] += 1
+        lines.append(f"| {question} | {_cell(d1)} | {_cell(d2)} | {carry} |")
+    lines += ["", f"Of {len(SIDE_BY_SIDE)} verdicts, {counts['yes']} carry over to `streets`, {counts['no']} do not, and "
+              f"{counts['open']} {'is' if counts['open'] == 1 else 'are'} open. \"better\" and \"worse\" need a Holm-adjusted p below 0.05 within each "
+              "study (\"not after Holm\": the uncorrected interval excludes 0, the corrected test does not); a verdict that does not carry over is a finding about the method, reported as plainly as one "
+              "that does."]
+    return lines
+
+
+def rare_classes(results: dict, classes=None, pairs=None) -> list:
+    """Per-class IoU of the rare classes (mean over seeds of each run's last epochs), per setting,
+    and the paired EntropyMix - CutMix difference per class (95% t-intervals, uncorrected: exploratory)."""
+    classes = classes or design.STREETS_RARE
+    pairs = pairs or [("unimatch+entropymix", BASELINE), ("unimatch+entropymix", "unimatch+grid-random")]
+    table = {n: row for n, row in results["table"].items() if row.get("class_iou")}
+    if not table:
+        return []
+    lines = ["| setting | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
+    for n, row in table.items():
+        lines.append(f"| {n} | " + " | ".join(f"{statistics.mean(row['class_iou'][c]):.1f}" for c in classes) + " |")
+    for a, b in pairs:
+        if a in table and b in table:
+            common = [s for s in table[a]["seeds"] if s in table[b]["seeds"]]
+            cells = []
+            for c in classes:
+                va = [table[a]["class_iou"][c][table[a]["seeds"].index(s)] for s in common]
+                vb = [table[b]["class_iou"][c][table[b]["seeds"].index(s)] for s in common]
+                d = paired(va, vb)
+                cells.append("-" if d["low"] is None else f"{d['mean']:+.1f} ({d['low']:+.1f}, {d['high']:+.1f})")
+            lines.append(f"| {a} - {b} ({len(common)} seeds) | " + " | ".join(cells) + " |")
+    return lines
+
+
+def streets_report(results: Optional[dict], calibration: Optional[dict], shapes: Optional[dict]) -> str:
+    """The README's `streets` study, every number read from its JSON (``ablation-streets.json``), its
+    calibration's and the `shapes` study's (for the side-by-side table)."""
+    cal, seeds = calibration or {}, design.STREETS_STUDY_SEEDS
+    total = len(design.STREETS_SETTINGS) * len(seeds)
+    chosen = cal.get("chosen")
+    lines = [f"Calibrated on the baselines only (`python benchmarks/ablation.py --dataset streets --calibrate --jobs 2`; "
+             f"seeds {', '.join(map(str, design.STREETS_CALIBRATION_SEEDS))}; "
+             "`benchmarks/results/ablation-streets-calibration.json` holds each candidate's checks): "
+             + (f"run size `{chosen}`, flags `{' '.join(cal['candidates'][chosen]['args'])}`" if chosen else "no run size yet")
+             + ". SPEEDLoss keeps the weight selected on `shapes`; nothing was tuned on `streets`."]
+    if chosen:
+        ch = cal["candidates"][chosen]["checks"]
+        pos = ch["positive_control"]
+        lines[-1] += (f" Its checks: UniMatch + CutMix - supervised {pos['mean']:+.2f} ({pos['low']:+.2f}, "
+                      f"{pos['high']:+.2f}) over {pos['n']} seeds, predicted half-width "
+                      f"{ch['predicted_half_width']:.2f} mIoU at {len(seeds)} seeds (goal: at most "
+                      f"{design.STREETS_HALF_WIDTH}), baselines converged.")
+    if not results:
+        return "\n".join(lines + ["", f"The held-out study (seeds {seeds[0]}-{seeds[-1]}, {total} runs) has not started: "
+                                       "no accuracy figure on `streets` exists yet."])
+    prov, done = results.get("provenance") or {}, results["finished_runs"]
+    status = ("all runs finished" if done >= total else
+              f"{done} of {total} runs finished; `python benchmarks/ablation.py --dataset streets --jobs 2` resumes it "
+              "(finished runs are kept in `benchmarks/results/ablation-streets-runs/`)")
+    lines += ["", f"**The `streets` study** (held-out seeds {', '.join(map(str, results['seeds']))}; train.py flags "
+              f"`{' '.join(results['extra_args'])}`; training code `{prov.get('code')}`, torch {prov.get('torch')}, one "
+              f"thread per run). **Status: {status}.**", "",
+              "**Both datasets side by side** (paired differences in mIoU, 95% t-intervals over seeds):", ""]
+    lines += side_by_side(shapes, results, len(seeds))
+    lines += ["", "The `streets` study in full:", "", markdown(results)]
+    if any(d["low"] is not None for d in results["differences"]):  # the plot exists once a difference does
+        lines += ["", "![streets paired differences](benchmarks/results/ablation-streets.png)"]
+    rare = rare_classes(results)
+    if rare:
+        lines += ["", "Does entropy mixing help small things or only large regions? IoU of the rare classes (mean over "
+                  f"seeds of each run's last {SCORE_EPOCHS} epochs), and paired differences per class with uncorrected "
+                  "95% intervals (exploratory: outside Holm's family):", ""] + rare
+    mixed = {n: row["mixing"] for n, row in results["table"].items() if row.get("mixing")}
+    if mixed:
+        parts = []
+        for n, runs in mixed.items():
+            last = [epochs[-1] for epochs in runs.values()]
+            share = [statistics.mean(r[s]["view_share"][0] for r in last) for s in range(len(last[0]))]
+            parts.append(f"{n} " + ", ".join(f"stream {s + 1} {100 * a:.0f}%" for s, a in enumerate(share)))
+        lines += ["", "Share of pixels the mixers took from the strong view itself in the final epoch (mean over seeds; "
+                  "per epoch in the JSON): " + "; ".join(parts) + "."]
+    return "\n".join(lines)
