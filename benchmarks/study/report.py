@@ -364,12 +364,16 @@ def streets_report(results: Optional[dict], calibration: Optional[dict], shapes:
         return "\n".join(lines + ["", f"The held-out study (seeds {seeds[0]}-{seeds[-1]}, {total} runs) has not started: "
                                        "no accuracy figure on `streets` exists yet."])
     prov, done = results.get("provenance") or {}, results["finished_runs"]
+    trained = results.get("machines") or {machine(prov): done}
+    on = (next(iter(trained)) if len(trained) == 1 else
+          ", ".join(f"{m} for {k} run{'s' * (k != 1)}" for m, k in trained.items()) + "; a seed's runs on two machines "
+          "differ by rounding only")
     status = ("all runs finished" if done >= total else
               f"{done} of {total} runs finished; `python benchmarks/ablation.py --dataset streets --jobs 2` resumes it "
               "(finished runs are kept in `benchmarks/results/ablation-streets-runs/`)")
     lines += ["", f"**The `streets` study** (held-out seeds {', '.join(map(str, results['seeds']))}; train.py flags "
               f"`{' '.join(results['extra_args'])}`; training code `{prov.get('code')}`, torch {prov.get('torch')}, one "
-              f"thread per run). **Status: {status}.**", "",
+              f"thread per run, on {on}). **Status: {status}.**", "",
               "**Both datasets side by side** (paired differences in mIoU, 95% t-intervals over seeds):", ""]
     lines += side_by_side(shapes, results, len(seeds))
     lines += ["", "The `streets` study in full:", "", markdown(results)]
