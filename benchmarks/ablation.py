@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study import design  # noqa: E402
 from study.design import *  # noqa: E402,F401,F403  (ablation.SETTINGS and the rest, as before the split)
 from study.phases import _calibration, calibrate, checks, noise, select, summarise  # noqa: E402,F401
-from study.report import (calibration_report, markdown, noise_report, pinned_code, pinned_note, plot,  # noqa: E402,F401
+from study.report import (calibration_report, markdown, noise_report, pinned_code, pinned_codes, pinned_note, plot,  # noqa: E402,F401
                           report, selection_report, side_by_side, streets_report)
 from study.runs import (RESULTS, ROOT, TRAIN, _load, machine, machines, provenance, run, run_all,  # noqa: E402,F401
                         same_computation, score)
@@ -96,14 +96,15 @@ def main(argv=None) -> dict:
         args.settings, size, study_dir, quick = args.settings or list(SETTINGS), design.STUDY, "study", QUICK
     calibration = _calibration(args)
     if args.report and args.dataset == "streets":  # with the shapes study beside it, for the side-by-side table
-        print(streets_report(_load(args.results) or None, _load(calibration), _load(RESULTS / "ablation.json") or None))
+        print(streets_report(_load(args.results) or None, _load(calibration), _load(RESULTS / "ablation.json") or None,
+                             provenance()["code"]))
         return {}
     if args.report:
         results = _load(args.results) or None
         print(report(results, _load(calibration)))
         here = provenance()
         study = results.get("provenance") or {} if results else {}
-        pinned = study.get("code") == pinned_code() and study.get("torch") == here["torch"]
+        pinned = study.get("code") in pinned_codes() and study.get("torch") == here["torch"]
         if results and not same_computation(study, here) and not pinned:  # the README would describe other code
             print(f"ablation.py: the study in {args.results} was trained with {results.get('provenance')}, this "
                   f"checkout is {here}: rerun `python benchmarks/ablation.py --jobs 2` before quoting it",

@@ -233,7 +233,7 @@ def test_readme_benchmark_sections_are_generated_from_the_saved_json():
     assert study in readme
     streets = ablation.streets_report(ablation._load(results / "ablation-streets.json") or None,
                                       ablation._load(results / "ablation-streets-calibration.json"),
-                                      ablation._load(results / "ablation.json"))
+                                      ablation._load(results / "ablation.json"), ablation.provenance()["code"])
     assert streets in readme and ("Both datasets side by side" in streets or "has not started" in streets)
 
 

@@ -3,7 +3,9 @@
 ``recorded_2d.pt`` was written by :func:`outputs` running on the package and example of commit
 ``6735560`` (training-code fingerprint ``a972708f92ec0867``, the study's, stored in the file as
 ``code``); this test recomputes them with today's code, and ``benchmarks/ablation.py --report``
-states it beside a study trained by that code. Plans (which view every cell or pixel comes from) must be equal on any machine.
+states it beside a study trained by that code. The file's ``verified`` lists other training codes
+this test passed on while they were the checkout's (the `streets` study's ``e6aa026d61cf01c5``), so
+a study trained by one of them stands for any later code that passes too. Plans (which view every cell or pixel comes from) must be equal on any machine.
 Floating results (entropies, losses, gradients, two training steps of the example) are compared
 bit for bit on the CPU vector ISA they were recorded on, and within 1e-5 elsewhere (another ISA
 rounds differently: ``benchmarks/ablation.py`` treats that as rounding noise too).
@@ -137,6 +139,20 @@ def test_2d_outputs_are_bit_identical_to_the_recorded_ones():
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_every_study_was_trained_by_code_that_gives_the_recorded_outputs():
+    """Each study's training code is the recorded one or one verified against it (``verified``: a code
+    this test passed on while it was the checkout's, with why): so a report that says a study stands
+    for today's code, the 2-D computation unchanged, rests on this test."""
+    import json
+    saved = torch.load(RECORDED)
+    known = {saved["code"], *saved.get("verified", {})}
+    assert all(isinstance(why, str) and why for why in saved.get("verified", {}).values())
+    for name in ("ablation.json", "ablation-streets.json"):
+        path = HERE.parent / "benchmarks" / "results" / name
+        if path.exists():
+            assert json.loads(path.read_text())["provenance"]["code"] in known, name
+
+
 if __name__ == "__main__":
     if sys.argv[1:] != ["--record"]:
         sys.exit("usage: python tests/test_recorded.py --record")
@@ -145,5 +161,6 @@ if __name__ == "__main__":
     from ablation import provenance  # the training-code fingerprint of the tree being recorded
     torch.set_num_threads(1)
     code = provenance()["code"]
-    torch.save({"outputs": outputs(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "code": code}, RECORDED)
+    torch.save({"outputs": outputs(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "code": code,
+                "verified": {}}, RECORDED)  # a new recording: codes verified against the old one no longer count
     print(f"recorded {RECORDED} from {entropymix.__file__} (training code {code})")

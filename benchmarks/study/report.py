@@ -128,10 +128,28 @@ def pinned_code() -> Optional[str]:
     return torch.load(RECORDED)["code"] if RECORDED.exists() else None
 
 
-def pinned_note(prov: dict) -> str:
-    """What the README says when the package changed after the study but its 2-D computation did not."""
-    if prov.get("code") != pinned_code():
+def pinned_codes() -> dict:
+    """Training codes known to give the recorded 2-D outputs: the recorded one, and each code that
+    ``tests/test_recorded.py`` passed on while it was the checkout's (``verified`` in the file, with why)."""
+    import torch
+    if not RECORDED.exists():
+        return {}
+    saved = torch.load(RECORDED)
+    return {saved["code"]: "recorded", **saved.get("verified", {})}
+
+
+def pinned_note(prov: dict, current: Optional[str] = None) -> str:
+    """What the README says when the package changed after the study (``current``: this checkout's
+    code, when known) but its 2-D computation did not."""
+    code = prov.get("code")
+    if code not in pinned_codes() or code == current:
         return ""
+    if code != pinned_code():
+        return (f" The code changed after the study, but not its 2-D computation: `tests/test_recorded.py`, run by "
+                f"CI, holds the library's plans, entropies and losses, and two training steps of the example for every "
+                f"mixer, bit for bit equal to outputs recorded from `{pinned_code()}`, which the study's `{code}` was "
+                "checked to reproduce when it was current (on the CPU ISA they were recorded on; within 1e-5 "
+                "elsewhere), so these runs stand for this version.")
     return (f" The code changed after the study, but not its 2-D computation: "
             f"`tests/test_recorded.py`, run by CI, holds the library's plans, entropies and losses, and two training "
             f"steps of the example for every mixer, bit for bit equal to outputs recorded from `{prov.get('code')}` "
@@ -342,9 +360,11 @@ def rare_classes(results: dict, classes=None, pairs=None) -> list:
     return lines
 
 
-def streets_report(results: Optional[dict], calibration: Optional[dict], shapes: Optional[dict]) -> str:
+def streets_report(results: Optional[dict], calibration: Optional[dict], shapes: Optional[dict],
+                   current: Optional[str] = None) -> str:
     """The README's `streets` study, every number read from its JSON (``ablation-streets.json``), its
-    calibration's and the `shapes` study's (for the side-by-side table)."""
+    calibration's and the `shapes` study's (for the side-by-side table); ``current``: this checkout's
+    training code (a study of other code says whether its 2-D computation changed since)."""
     cal, seeds = calibration or {}, design.STREETS_STUDY_SEEDS
     total = len(design.STREETS_SETTINGS) * len(seeds)
     chosen = cal.get("chosen")
@@ -373,7 +393,7 @@ def streets_report(results: Optional[dict], calibration: Optional[dict], shapes:
               "(finished runs are kept in `benchmarks/results/ablation-streets-runs/`)")
     lines += ["", f"**The `streets` study** (held-out seeds {', '.join(map(str, results['seeds']))}; train.py flags "
               f"`{' '.join(results['extra_args'])}`; training code `{prov.get('code')}`, torch {prov.get('torch')}, one "
-              f"thread per run, on {on}). **Status: {status}.**", "",
+              f"thread per run, on {on}). **Status: {status}.**{pinned_note(prov, current)}", "",
               "**Both datasets side by side** (paired differences in mIoU, 95% t-intervals over seeds):", ""]
     lines += side_by_side(shapes, results, len(seeds))
     lines += ["", "The `streets` study in full:", "", markdown(results)]
