@@ -356,7 +356,7 @@ def rare_classes(results: dict, classes=None, pairs=None) -> list:
                 vb = [table[b]["class_iou"][c][table[b]["seeds"].index(s)] for s in common]
                 d = paired(va, vb)
                 cells.append("-" if d["low"] is None else f"{d['mean']:+.1f} ({d['low']:+.1f}, {d['high']:+.1f})")
-            lines.append(f"| {a} - {b} ({len(common)} seeds) | " + " | ".join(cells) + " |")
+            lines.append(f"| {a} - {b} ({len(common)} seed{'s' * (len(common) != 1)}) | " + " | ".join(cells) + " |")
     return lines
 
 
