@@ -362,6 +362,18 @@ README_ROWS = [
 ]
 
 
+def _relation_rows(result: dict, device: str) -> List[str]:
+    """The relation table's rows on ``device``: the Gram form beside the naive N x N form."""
+    rel, lines = [r for r in result["relation"] if r["device"] == device], []
+    for g in (r for r in rel if r["method"] == "gram"):
+        n = next(r for r in rel if r["method"] == "naive" and r["side"] == g["side"])
+        naive = f"{n['ms']:.1f}" if n["ms"] is not None else f"skipped ({n['note'].split('needs ')[-1]})"
+        speed = f"{g['speedup_vs_naive']:.1f}x" if g.get("speedup_vs_naive") else "-"
+        lines.append(f"| {g['side']} x {g['side']} | {g['N']} | {g['ms']:.1f} | {naive} | {speed} | "
+                     f"{fmt(g['peak_mb'], '.0f')} / {fmt(n['peak_mb'], '.0f')} |")
+    return lines
+
+
 def report(result: dict) -> str:
     """The README's speed section, every number read from ``result`` (a saved full CPU run)."""
     def rows(B, H, V, dtype="float32"):
@@ -420,13 +432,7 @@ def report(result: dict) -> str:
     lines += ["", "SPEEDLoss relation term, forward + backward, B=8, D=256:", "",
               "| features | N | exact Gram form ms | naive N x N ms | speed-up | peak MiB Gram / naive |",
               "|---|---:|---:|---:|---:|---:|"]
-    rel = [r for r in result["relation"] if r["device"] == "cpu"]
-    for g in (r for r in rel if r["method"] == "gram"):
-        n = next(r for r in rel if r["method"] == "naive" and r["side"] == g["side"])
-        naive = f"{n['ms']:.1f}" if n["ms"] is not None else f"skipped ({n['note'].split('needs ')[-1]})"
-        speed = f"{g['speedup_vs_naive']:.1f}x" if g.get("speedup_vs_naive") else "-"
-        lines.append(f"| {g['side']} x {g['side']} | {g['N']} | {g['ms']:.1f} | {naive} | {speed} | "
-                     f"{fmt(g['peak_mb'], '.0f')} / {fmt(n['peak_mb'], '.0f')} |")
+    lines += _relation_rows(result, "cpu")
     vol = [r for r in result.get("volume", []) if r["device"] == "cpu"]
     if vol:
         mixing = [r for r in vol if "ratio" in r]
@@ -522,16 +528,10 @@ def cuda_report(result: dict, steps: dict, check: dict, first: Optional[Tuple[di
               f"call's one host-device synchronisation. With V=4 views: {v4[DEFAULT]['ms']:.2f} ms by default, {v4[UNCHECKED]['ms']:.2f} ms "
               f"unchecked. Half-precision inputs (the default call): float16 {half['float16'][DEFAULT]['ms']:.2f} ms, "
               f"bfloat16 {half['bfloat16'][DEFAULT]['ms']:.2f} ms."]
-    rel = [r for r in result["relation"] if r["device"] == "cuda"]
     lines += ["", "SPEEDLoss relation term on the GPU, forward + backward, B=8, D=256:", "",
               "| features | N | exact Gram form ms | naive N x N ms | speed-up | peak MiB Gram / naive |",
               "|---|---:|---:|---:|---:|---:|"]
-    for g in (r for r in rel if r["method"] == "gram"):
-        n = next(r for r in rel if r["method"] == "naive" and r["side"] == g["side"])
-        naive = f"{n['ms']:.1f}" if n["ms"] is not None else "skipped"
-        speed = f"{g['speedup_vs_naive']:.1f}x" if g.get("speedup_vs_naive") else "-"
-        lines.append(f"| {g['side']} x {g['side']} | {g['N']} | {g['ms']:.1f} | {naive} | {speed} | "
-                     f"{fmt(g['peak_mb'], '.0f')} / {fmt(n['peak_mb'], '.0f')} |")
+    lines += _relation_rows(result, "cuda")
     vol = [r for r in result.get("volume", []) if r["device"] == "cuda" and "ratio" in r]
     if vol:
         lines += ["", f"Volumes on the GPU, one copy-paste direction of a BCP step (B={vol[0]['B']} x 1 x "
