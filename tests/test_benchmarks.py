@@ -330,3 +330,15 @@ def test_side_by_side_says_which_verdicts_carry_over():
     assert rows[names[3]] == "yes (neither distinguishable)"
     assert rows[names[4]] == "open: `streets` has 3 of 8 seeds"
     assert "2 carry over to `streets`, 2 do not, and 1 is open" in lines[-1]
+
+
+def test_a_calibration_on_other_code_stands_only_when_both_codes_give_the_recorded_outputs(monkeypatch):
+    from study import report
+    monkeypatch.setattr(report, "pinned_codes", lambda: {"aaa": "recorded", "bbb": "verified"})
+    cal = lambda code: {"provenance": {"code": code}}
+    study = lambda code: {"provenance": {"code": code}}
+    assert report._calibration_code_note(cal("aaa"), study("aaa")) == ""
+    assert report._calibration_code_note(cal("aaa"), None) == ""  # no study yet: nothing to stand for
+    assert "stands for the study" in report._calibration_code_note(cal("aaa"), study("bbb"))
+    assert "may not suit" in report._calibration_code_note(cal("aaa"), study("ccc"))
+    assert "may not suit" in report._calibration_code_note(cal("ccc"), study("bbb"))

@@ -4,9 +4,9 @@
 ``6735560`` (training-code fingerprint ``a972708f92ec0867``, the study's, stored in the file as
 ``code``); this test recomputes them with today's code, and ``benchmarks/ablation.py --report``
 states it beside a study trained by that code. The file's ``verified`` lists other training codes
-this test passed on while they were the checkout's (the `streets` study's ``e6aa026d61cf01c5``), so
-a study trained by one of them stands for any later code that passes too. Plans (which view every cell or pixel comes from) must be equal on any machine.
-Floating results (entropies, losses, gradients, two training steps of the example) are compared
+this test passed on (the `streets` study's ``e6aa026d61cf01c5`` and its calibration's
+``80e79534d0e50b42``), so a study trained by one of them stands for any later code that passes too.
+Plans (which view every cell or pixel comes from) must be equal on any machine. Floating results (entropies, losses, gradients, two training steps of the example) are compared
 bit for bit on the CPU vector ISA they were recorded on, and within 1e-5 elsewhere (another ISA
 rounds differently: ``benchmarks/ablation.py`` treats that as rounding noise too).
 
@@ -140,17 +140,22 @@ def test_2d_outputs_are_bit_identical_to_the_recorded_ones():
 
 
 def test_every_study_was_trained_by_code_that_gives_the_recorded_outputs():
-    """Each study's training code is the recorded one or one verified against it (``verified``: a code
-    this test passed on while it was the checkout's, with why): so a report that says a study stands
-    for today's code, the 2-D computation unchanged, rests on this test."""
+    """Each study's training code, and each calibration run's, is the recorded one or one verified
+    against it (``verified``: a code this test passed on, with why): so a report that says a study
+    stands for today's code, or a calibration for its study, the 2-D computation unchanged, rests on
+    this test."""
     import json
     saved = torch.load(RECORDED)
     known = {saved["code"], *saved.get("verified", {})}
     assert all(isinstance(why, str) and why for why in saved.get("verified", {}).values())
-    for name in ("ablation.json", "ablation-streets.json"):
-        path = HERE.parent / "benchmarks" / "results" / name
+    results = HERE.parent / "benchmarks" / "results"
+    for name in ("ablation.json", "ablation-streets.json"):  # the studies
+        path = results / name
         if path.exists():
             assert json.loads(path.read_text())["provenance"]["code"] in known, name
+    for runs in ("ablation-calibration-runs", "ablation-streets-calibration-runs"):  # and the runs that sized them
+        for path in sorted(results.glob(f"{runs}/*/*.json")):
+            assert json.loads(path.read_text())["provenance"]["code"] in known, path.name
 
 
 if __name__ == "__main__":

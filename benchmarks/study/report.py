@@ -360,6 +360,19 @@ def rare_classes(results: dict, classes=None, pairs=None) -> list:
     return lines
 
 
+def _calibration_code_note(cal: dict, results: Optional[dict]) -> str:
+    """Whether the calibration's choice stands for the study when the two ran on different training code."""
+    code, study = (cal.get("provenance") or {}).get("code"), ((results or {}).get("provenance") or {}).get("code")
+    if not code or not study or code == study:
+        return ""
+    known = pinned_codes()
+    if code in known and study in known:
+        return (f" The calibration's training code `{code}` is not the study's `{study}`, but both give the 2-D outputs "
+                "that `tests/test_recorded.py` holds, bit for bit, so the run size chosen stands for the study.")
+    return (f" The calibration's training code `{code}` is not the study's `{study}`, and no test shows their 2-D "
+            "computation equal: the run size may not suit the study's code.")
+
+
 def streets_report(results: Optional[dict], calibration: Optional[dict], shapes: Optional[dict],
                    current: Optional[str] = None) -> str:
     """The README's `streets` study, every number read from its JSON (``ablation-streets.json``), its
@@ -380,6 +393,7 @@ def streets_report(results: Optional[dict], calibration: Optional[dict], shapes:
                       f"{pos['high']:+.2f}) over {pos['n']} seeds, predicted half-width "
                       f"{ch['predicted_half_width']:.2f} mIoU at {len(seeds)} seeds (goal: at most "
                       f"{design.STREETS_HALF_WIDTH}), baselines converged.")
+    lines[-1] += _calibration_code_note(cal, results)
     if not results:
         return "\n".join(lines + ["", f"The held-out study (seeds {seeds[0]}-{seeds[-1]}, {total} runs) has not started: "
                                        "no accuracy figure on `streets` exists yet."])
