@@ -197,8 +197,9 @@ class _Mixer(nn.Module):
         sample is returned unmixed.
 
         Shapes:
-            - x: ``(B, C, H, W)``; probs / logits: ``(B, K, h, w)``; valid: ``(B, h', w')``.
-            - output: ``(B, C, H, W)`` and a 2-view :class:`MixPlan`.
+            - x: ``(B, C, H, W)``; probs / logits: ``(B, K, h, w)``; valid: ``(B, h', w')``;
+              volumes add a depth axis to each (``(B, C, D, H, W)``, ...).
+            - output: the shape of ``x`` and a 2-view :class:`MixPlan`.
 
         Example:
             >>> x, lg = torch.rand(4, 3, 32, 32), torch.randn(4, 21, 32, 32)
@@ -266,12 +267,15 @@ class EntropyMix(_Mixer):
     or opt in to a compiled kernel with :func:`entropymix.functional.set_compile`.
 
     Shapes:
-        - views: V >= 2 tensors ``(B, C, H, W)`` of one dtype and device.
-        - probs: V tensors ``(B, K, h, w)`` (``(h, w)`` may differ from ``(H, W)``), or ``logits=``.
+        - views: V >= 2 tensors ``(B, C, H, W)`` of one dtype and device, or volumes
+          ``(B, C, D, H, W)`` with a 3-D ``grid`` ``(gd, gh, gw)`` (or an int).
+        - probs: V tensors ``(B, K, h, w)`` (``(h, w)`` may differ from ``(H, W)``; ``(B, K, d, h, w)``
+          for volumes), or ``logits=``.
         - valid: optional V bool masks ``(B, h', w')``, or integer label maps whose
           ``ignore_index`` pixels are invalid (UniMatch's ``ignore_mask``), any resolution;
           entries may be ``None``.
-        - output: ``(B, C, H, W)`` mixed tensor and a :class:`MixPlan` with a ``(B, gh, gw)`` index.
+        - output: ``(B, C, H, W)`` mixed tensor and a :class:`MixPlan` with a ``(B, gh, gw)`` index
+          (``(B, C, D, H, W)`` and ``(B, gd, gh, gw)`` for volumes).
 
     Example:
         >>> mixer = EntropyMix(grid=(2, 2))
@@ -297,7 +301,8 @@ class EntropyMix(_Mixer):
         super().__init__(p, ignore_index)
         # An int stays an int (that many cells on every spatial axis, images or volumes); a tuple
         # gives one count per axis and fixes the number of spatial dims.
-        self.grid = grid if isinstance(grid, int) and validate.dims("grid", grid) else validate.dims("grid", grid)
+        checked = validate.dims("grid", grid)
+        self.grid = grid if isinstance(grid, int) else checked
         self.select = validate.choice("select", select, F.SELECT_MODES)
         self.temperature = validate.positive("temperature", temperature)
         self.check_values = bool(check_values)

