@@ -72,9 +72,13 @@ def _bad_probs(total: Tensor, low: Tensor) -> Tensor:
     return ~torch.isfinite(total) | (low < 0) | ((total - 1).abs() > SIMPLEX_TOLERANCE)
 
 
-def _bad_logits(logits: Tensor) -> Tensor:
-    """``(B, h, w)`` bool: NaN, ``+inf``, or every class ``-inf`` (``amax`` propagates NaN)."""
-    return ~torch.isfinite(logits.amax(1))
+def _check_logits(logits: Tensor) -> Tuple[Tensor, Tensor]:
+    """Two ``(B, h, w)`` bool maps: pixels failing the check (NaN, ``+inf``, or every class ``-inf``;
+    ``amax`` propagates NaN), and pixels whose "logits" look like probabilities (every entry in
+    ``[0, 1]``, summing to 1): a map of those is almost surely ``probs`` passed as ``logits=``."""
+    high = logits.amax(1)
+    looks = (logits.amin(1) >= 0) & (high <= 1) & ((logits.sum(1) - 1).abs() <= SIMPLEX_TOLERANCE)
+    return ~torch.isfinite(high), looks
 
 
 def _logits_entropy(logits: Tensor) -> Tensor:
@@ -89,11 +93,15 @@ def _logits_entropy(logits: Tensor) -> Tensor:
 EAGER_CHUNK = 1 << 22
 
 
-def _eager_stats(kind: str, x: Tensor, check_values: bool, chunk: Optional[int] = None) -> Tuple[Tensor, Optional[Tensor]]:
+Stats = Tuple[Tensor, Optional[Tensor], Optional[Tensor]]
+
+
+def _eager_stats(kind: str, x: Tensor, check_values: bool, chunk: Optional[int] = None) -> Stats:
     """Exact entropy (entr() / log_softmax) of a ``(B, K, h, w)`` map and, with ``check_values``,
-    the bool map of pixels failing the value check; ``chunk`` elements at a time."""
+    the bool map of pixels failing the value check and (logits only) the map of pixels that look
+    like probabilities (:func:`_check_logits`); ``chunk`` elements at a time."""
     rows = max(1, (chunk or EAGER_CHUNK) // max(1, math.prod(x.shape[1:])))
-    ents, bads = [], []
+    ents, bads, looks = [], [], []
     for c in x.split(rows):
         c = c.float()
         if kind == "probs":
@@ -103,8 +111,10 @@ def _eager_stats(kind: str, x: Tensor, check_values: bool, chunk: Optional[int] 
         else:
             ents.append(_logits_entropy(c))
             if check_values:
-                bads.append(_bad_logits(c))
-    return torch.cat(ents), (torch.cat(bads) if check_values else None)
+                bad, look = _check_logits(c)
+                bads.append(bad), looks.append(look)
+    return (torch.cat(ents), torch.cat(bads) if check_values else None,
+            torch.cat(looks) if check_values and kind == "logits" else None)
 
 
 # --- the opt-in compiled kernel -----------------------------------------------------------------
@@ -135,7 +145,7 @@ def set_compile(enabled: bool) -> bool:
     return previous
 
 
-def _probs_stats(probs: Tensor) -> Tuple[Tensor, Tensor]:
+def _probs_stats(probs: Tensor) -> Stats:
     """Entropy of ``(B, K, h, w)`` probabilities and the failing-pixel map in one fused pass.
 
     The loop computes sum(where(p > 0, -p log p, 0)), which inductor vectorises (its lowering of
@@ -146,11 +156,11 @@ def _probs_stats(probs: Tensor) -> Tuple[Tensor, Tensor]:
     p = probs.float()
     ent, total, low = torch.where(p > 0, -p * p.log(), 0.0).sum(1), p.sum(1), p.amin(1)
     ent = torch.where(torch.isnan(total), math.nan, torch.where(low < 0, -math.inf, ent))
-    return ent, _bad_probs(total, low)
+    return ent, _bad_probs(total, low), None
 
 
-def _logits_stats(logits: Tensor) -> Tuple[Tensor, Tensor]:
-    return _logits_entropy(logits), _bad_logits(logits.float())
+def _logits_stats(logits: Tensor) -> Stats:
+    return (_logits_entropy(logits), *_check_logits(logits.float()))
 
 
 def _dynamic(view: Tensor) -> ContextManager:
@@ -171,7 +181,7 @@ def _dynamic(view: Tensor) -> ContextManager:
     return contextlib.nullcontext()
 
 
-def _compiled_stats(kind: str, x: Tensor) -> Optional[Tuple[Tensor, Tensor]]:
+def _compiled_stats(kind: str, x: Tensor) -> Optional[Stats]:
     """The fused stats through ``torch.compile``, or None when the kernel is off or failed."""
     if not _COMPILE["enabled"] or torch.compiler.is_compiling() or x.numel() == 0 or x.device.type == "meta":
         return None
@@ -207,13 +217,26 @@ def warmup(device: Union[str, torch.device] = "cpu", dtypes: Sequence[torch.dtyp
             _compiled_stats(kind, x if kind == "probs" else x.log())
 
 
-def _raise_if_bad(kind: str, names: Sequence[str], maps: Sequence[Tensor], bads: Sequence[Tensor]) -> None:
-    """Raise for the first map whose bool ``(B, h, w)`` map of failing pixels has one; a single
-    synchronisation for all maps (the error path reads more, to say what is wrong)."""
-    flags = torch.stack([b.any() for b in bads])
-    if not bool(flags.any()):  # the one synchronisation
+_WARNED_PROBS_AS_LOGITS = [False]
+
+
+def _raise_if_bad(kind: str, names: Sequence[str], maps: Sequence[Tensor], bads: Sequence[Tensor],
+                  looks: Sequence[Tensor] = ()) -> None:
+    """Raise for the first map whose bool ``(B, h, w)`` map of failing pixels has one, and warn once
+    per process when every valid pixel of a logit map (``looks``: 0-d bools) looks like
+    probabilities; a single synchronisation for all maps (the error path reads more, to say what
+    is wrong)."""
+    flags = torch.stack([b.any() for b in bads] + list(looks)).tolist()  # the one synchronisation
+    if any(flags[len(bads):]) and not any(flags[:len(bads)]) and not _WARNED_PROBS_AS_LOGITS[0]:
+        _WARNED_PROBS_AS_LOGITS[0] = True
+        v = flags.index(True, len(bads)) - len(bads)
+        warnings.warn(f"{names[v]}: every row is in [0, 1] and sums to 1 over dim 1, as probabilities do "
+                      f"(shape {validate.shape(maps[v])}); softmax is applied to logits= again, which flattens "
+                      "the entropies and changes the plan: pass probs= for probabilities (warned once)",
+                      UserWarning, stacklevel=5)
+    if not any(flags[:len(bads)]):
         return
-    v = int(flags.int().argmax())
+    v = flags.index(True)
     name, m = names[v], maps[v]
     if kind == "logits":
         raise ValueError(f"{name} contains NaN or +inf, or a pixel whose logits are all -inf (shape {validate.shape(m)})")
@@ -228,16 +251,18 @@ def _entropies(kind: str, names: Sequence[str], maps: Sequence[Tensor], masks: S
     """``(B, h, w)`` float32 entropy maps of V probability / logit maps; with ``check_values``, the
     value checks of their valid pixels (``masks``, bool at each map's resolution, or None) with
     one synchronisation for all. What an ignored pixel holds is never read, so never rejected."""
-    ents, bads = [], []
+    ents, bads, looks = [], [], []
     with _float32_math(maps[0].device):
         for m, mask in zip(maps, masks):
             stats = _compiled_stats(kind, m)
-            ent, bad = _eager_stats(kind, m, check_values) if stats is None else stats
+            ent, bad, look = _eager_stats(kind, m, check_values) if stats is None else stats
             ents.append(ent)
             if check_values:
                 bads.append(bad if mask is None else bad & mask)
+            if check_values and look is not None:
+                looks.append(look.all() if mask is None else (look | ~mask).all() & mask.any())
     if check_values:
-        _raise_if_bad(kind, names, maps, bads)
+        _raise_if_bad(kind, names, maps, bads, looks)
     return ents
 
 
@@ -345,7 +370,8 @@ def patch_entropy(entropy: Tensor, grid: Grid, valid: Optional[Tensor] = None, *
     """Mean entropy of each grid cell over its valid pixels (voxels).
 
     Args:
-        entropy: ``(*, h, w)`` per-pixel entropy (e.g. from :func:`entropy`), or ``(*, x, y, z)``
+        entropy: ``(*, h, w)`` per-pixel entropy (e.g. from :func:`entropy`; ``*`` any number of
+            leading dims, e.g. views x batch), or ``(*, x, y, z)``
             for a 3-D grid.
         grid: ``(gh, gw)`` cells, an int for a square 2-D grid, or ``(g1, g2, g3)`` for volumes;
             at most the map's size on every axis.

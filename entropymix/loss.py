@@ -42,9 +42,11 @@ def _check_pair(name: str, student: Tensor, teacher: Tensor, same_channels: bool
     validate.same_device(f"student_{name}", student, teacher.device, f"teacher_{name} is")
 
 
-def _wide(t: Tensor) -> Tensor:
-    """At least float32 (float64 stays float64, so gradcheck and references can run exactly)."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
+def _wide(t: Tensor, other: Optional[Tensor] = None) -> Tensor:
+    """At least float32 (float64 stays float64, so gradcheck and references can run exactly), and
+    at least ``other``'s dtype: float32 student and float64 teacher inputs meet in float64."""
+    dtype = torch.promote_types(t.dtype, torch.float32)
+    return t.to(dtype if other is None else torch.promote_types(dtype, other.dtype))
 
 
 def _check_finite(name: str, t: Tensor, mask: Tensor, allow_neg_inf: bool = False) -> None:
@@ -101,8 +103,8 @@ def logit_distillation(student_logits: Tensor, teacher_logits: Tensor, valid: Op
 def _logit_kd(student_logits: Tensor, teacher_logits: Tensor, mask: Optional[Tensor], temperature: float,
               entropy_weighting: bool) -> Tensor:
     K = student_logits.shape[1]
-    s = _wide(student_logits)
-    t = _wide(teacher_logits.detach())
+    s = _wide(student_logits, teacher_logits)
+    t = _wide(teacher_logits.detach(), student_logits)
     if mask is not None:  # whatever an ignored pixel holds (NaN included) never reaches a value or a gradient
         s = torch.where(mask[:, None], s, 0.0)
         t = torch.where(mask[:, None], t, 0.0)
@@ -125,13 +127,14 @@ def _logit_kd(student_logits: Tensor, teacher_logits: Tensor, mask: Optional[Ten
     return total / mask.sum().clamp_min(1)
 
 
-def _normalised_rows(features: Tensor, mask: Tensor) -> Tensor:
-    """``(B, N, D)`` float32 unit feature vectors, zero rows at invalid pixels.
+def _normalised_rows(features: Tensor, mask: Tensor, other: Tensor) -> Tensor:
+    """``(B, N, D)`` unit feature vectors (float32 at least, and at least ``other``'s dtype), zero
+    rows at invalid pixels.
 
     Invalid pixels are zeroed before anything else (``where``, not a product), so whatever they
     hold, NaN included, reaches neither the loss nor a gradient; a zero row normalises to zero.
     """
-    f = torch.where(mask[:, None], _wide(features), 0.0).flatten(2).transpose(1, 2)   # (B, N, D)
+    f = torch.where(mask[:, None], _wide(features, other), 0.0).flatten(2).transpose(1, 2)   # (B, N, D)
     return nn.functional.normalize(f, dim=2)
 
 
@@ -205,8 +208,8 @@ def relation_distillation(student_features: Tensor, teacher_features: Tensor, va
         method = "gram" if gram_cost <= naive_cost else "naive"
     # float32 matmuls even under autocast: the Gram identity cancels catastrophically in bfloat16.
     with _float32_math(student_features.device):
-        fs = _normalised_rows(student_features, mask)
-        ft = _normalised_rows(teacher_features.detach(), mask)
+        fs = _normalised_rows(student_features, mask, teacher_features)
+        ft = _normalised_rows(teacher_features.detach(), mask, student_features)
         if method == "gram":
             sq = _GramRelation.apply(fs, ft)
         else:
@@ -277,14 +280,16 @@ class SPEEDLoss(nn.Module):
         total: Optional[Tensor] = None
         if self.feature_weight > 0:
             if student_features is None or teacher_features is None:
-                raise ValueError("feature_weight > 0 needs student_features and teacher_features")
+                raise ValueError(f"feature_weight={self.feature_weight} needs student_features and teacher_features "
+                                 "(got None); pass both, or use SPEEDLoss(feature_weight=0) for the logit term alone")
             terms["relation"] = relation_distillation(
                 student_features, teacher_features, valid, ignore_index=self.ignore_index,
                 method=self.relation_method, check_values=self.check_values)
             total = self.feature_weight * terms["relation"]
         if self.logit_weight > 0:
             if student_logits is None or teacher_logits is None:
-                raise ValueError("logit_weight > 0 needs student_logits and teacher_logits")
+                raise ValueError(f"logit_weight={self.logit_weight} needs student_logits and teacher_logits "
+                                 "(got None); pass both, or use SPEEDLoss(logit_weight=0) for the relation term alone")
             terms["logit"] = logit_distillation(
                 student_logits, teacher_logits, valid, temperature=self.temperature,
                 entropy_weighting=self.entropy_weighting, ignore_index=self.ignore_index,

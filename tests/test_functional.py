@@ -77,12 +77,16 @@ def test_eager_entropy_in_chunks_is_bit_identical_to_one_pass(B, K, h, w, chunk,
     p = random_probs(g, (B, K, h, w), dtype)
     p[0, 0, 0, 0] = -0.25 if B > 1 else p[0, 0, 0, 0]  # a failing pixel in one chunk
     z = (torch.randn(B, K, h, w, generator=g) * 30).to(dtype)
-    ent, bad = F._eager_stats("probs", p, True, chunk)
+    ent, bad, _ = F._eager_stats("probs", p, True, chunk)
     total = p.float().sum(1)
     naive_bad = ~torch.isfinite(total) | (p < 0).any(1) | ((total - 1).abs() > F.SIMPLEX_TOLERANCE)
     assert torch.equal(ent, torch.special.entr(p.float()).sum(1)) and torch.equal(bad, naive_bad)
-    ent, bad = F._eager_stats("logits", z, True, chunk)
-    assert torch.equal(ent, F._logits_entropy(z)) and torch.equal(bad, ~torch.isfinite(z.float().amax(1)))
+    for z in (z, p):  # logits, and probabilities passed as logits
+        ent, bad, looks = F._eager_stats("logits", z, True, chunk)
+        zf = z.float()
+        naive_looks = (zf >= 0).all(1) & (zf <= 1).all(1) & ((zf.sum(1) - 1).abs() <= F.SIMPLEX_TOLERANCE)
+        assert torch.equal(ent, F._logits_entropy(z)) and torch.equal(bad, ~torch.isfinite(zf.amax(1)))
+        assert torch.equal(looks, naive_looks)
 
 
 def test_entropy_edge_cases_one_hot_uniform_and_minus_inf():
@@ -454,3 +458,27 @@ def test_bcp_cuboids_reach_every_position_where_they_fit():
         side = math.floor(share * size[d])
         assert (span.sum(1) == side).all()
         assert set(span.double().argmax(1).tolist()) == set(range(size[d] - side + 1))  # the last one too
+
+
+@given(lead=st.lists(st.integers(1, 3), min_size=0, max_size=3), volume=st.booleans(),
+       size=st.tuples(st.integers(1, 7), st.integers(1, 7), st.integers(1, 5)), data=st.data(),
+       masked=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_patch_entropy_takes_any_number_of_leading_dims(lead, volume, size, data, masked, seed):
+    """``(*, h, w)`` / ``(*, x, y, z)`` with any leading dims (none, or views x batch, ...): each
+    map's cells are what the map alone gives."""
+    if volume and not lead:
+        lead = [1]  # a 3-D grid needs a leading dim, (B, x, y, z): (x, y, z) alone is a batch of 2-D maps
+    spatial = size if volume else size[:2]
+    grid = tuple(data.draw(st.integers(1, n)) for n in spatial)
+    g = torch.Generator().manual_seed(seed)
+    ent = torch.rand(*lead, *spatial, generator=g)
+    valid = torch.rand(*lead, *spatial, generator=g) < 0.6 if masked else None
+    means, nonempty = F.patch_entropy(ent, grid, valid, return_valid=True)
+    assert means.shape == (*lead, *grid) and nonempty.shape == means.shape
+    flat_ent = ent.reshape(-1, *spatial)
+    flat_valid = None if valid is None else valid.reshape(-1, *spatial)
+    for i in range(flat_ent.shape[0]):
+        one, one_nonempty = F.patch_entropy(flat_ent[i:i + 1], grid, None if valid is None else flat_valid[i:i + 1],
+                                            return_valid=True)
+        assert torch.allclose(means.reshape(-1, *grid)[i], one[0], rtol=1e-6, atol=1e-7)
+        assert torch.equal(nonempty.reshape(-1, *grid)[i], one_nonempty[0])

@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from entropymix import SPEEDLoss, logit_distillation, relation_distillation
@@ -216,8 +216,12 @@ def test_loss_errors_name_the_argument_and_shapes():
         crit(z, z, f, f, torch.ones(3, 4, 4, dtype=torch.bool))
     with pytest.raises(TypeError, match="valid must be a bool mask or an integer label map"):
         crit(z, z, f, f, torch.ones(2, 4, 4))
-    with pytest.raises(ValueError, match="feature_weight > 0 needs student_features"):
+    with pytest.raises(ValueError, match=r"feature_weight=1.0 needs student_features and teacher_features \(got None\); "
+                                         r"pass both, or use SPEEDLoss\(feature_weight=0\) for the logit term alone"):
         crit(z, z)
+    with pytest.raises(ValueError, match=r"logit_weight=1.0 needs student_logits and teacher_logits \(got None\); "
+                                         r"pass both, or use SPEEDLoss\(logit_weight=0\) for the relation term alone"):
+        crit(None, None, f, f)
     with pytest.raises(ValueError, match=r"teacher_logits contains NaN, \+inf or only -inf at valid pixels \(shape \(2, 3, 4, 4\)\)"):
         crit(z, z * math.inf, f, f)
     with pytest.raises(ValueError, match=r"student_logits contains non-finite values at valid pixels \(shape \(2, 3, 4, 4\)\)"):
@@ -467,3 +471,25 @@ def test_volume_shapes_are_checked_like_images():
         logit_distillation(torch.rand(1, 2, 3), torch.rand(1, 2, 3))
     with pytest.raises(ValueError, match=r"valid must be 4-D, got shape \(1, 3, 4\)"):
         relation_distillation(torch.rand(1, 4, 2, 3, 4), torch.rand(1, 4, 2, 3, 4), torch.ones(1, 3, 4, dtype=torch.bool))
+
+
+@settings(max_examples=20)
+@given(B=st.integers(1, 2), Ds=st.integers(1, 6), Dt=st.integers(1, 6), K=st.integers(2, 4), h=st.integers(1, 5),
+       w=st.integers(1, 5), student_wide=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_float32_and_float64_inputs_meet_in_float64(B, Ds, Dt, K, h, w, student_wide, seed):
+    """One side float32 and the other float64 (a teacher kept in double, say): both terms promote
+    to float64 and equal the all-float64 loss; the student's gradient keeps the student's dtype."""
+    g = torch.Generator().manual_seed(seed)
+    zs, zt = torch.randn(B, K, h, w, generator=g, dtype=torch.float64), torch.randn(B, K, h, w, generator=g, dtype=torch.float64)
+    fs, ft = torch.randn(B, Ds, h, w, generator=g, dtype=torch.float64), torch.randn(B, Dt, h, w, generator=g, dtype=torch.float64)
+    student_dtype = torch.float64 if student_wide else torch.float32
+    teacher_dtype = torch.float32 if student_wide else torch.float64
+    zs_in = zs.to(student_dtype).requires_grad_()
+    fs_in = fs.to(student_dtype).requires_grad_()
+    zt_in, ft_in = zt.to(teacher_dtype), ft.to(teacher_dtype)
+    loss = SPEEDLoss()(zs_in, zt_in, fs_in, ft_in)
+    reference = SPEEDLoss()(zs_in.detach().double(), zt_in.double(), fs_in.detach().double(), ft_in.double())
+    assert loss.dtype == torch.float64
+    assert torch.allclose(loss, reference, rtol=1e-10, atol=1e-12)
+    loss.backward()
+    assert zs_in.grad.dtype == student_dtype and fs_in.grad.dtype == student_dtype

@@ -1,9 +1,10 @@
 import math
 import pickle
+import warnings
 
 import pytest
 import torch
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from entropymix import ClassMix, CutMix, EntropyMix, MixPlan
@@ -855,3 +856,93 @@ def test_volume_plan_summary_fractions_and_equality():
     assert plan == pickle.loads(pickle.dumps(plan)) and plan != MixPlan(index, 2, (4, 6, 4))
     with pytest.raises(TypeError, match=r"size must be an int or a tuple of 3 ints"):
         MixPlan(index, 2, (4, 6))
+
+
+# --- issue 40: contracts the suite now holds ------------------------------------------------------
+
+@settings(max_examples=20)
+@given(V=st.integers(2, 3), B=st.integers(1, 3), K=st.integers(2, 6), hw=st.integers(2, 9), seed=st.integers(0, 2**31 - 1))
+def test_probabilities_passed_as_logits_warn_once_and_real_logits_never(V, B, K, hw, seed):
+    """Softmax over probabilities flattens the entropies and changes the plan: warn, once per process."""
+    F._WARNED_PROBS_AS_LOGITS[0] = False
+    g = torch.Generator().manual_seed(seed)
+    x = [torch.rand(B, 3, hw, hw, generator=g) for _ in range(V)]
+    logits = [torch.randn(B, K, hw, hw, generator=g) * 3 + 2 for _ in range(V)]  # entries above 1: never probabilities
+    probs = [z.softmax(1) for z in logits]
+    mixer = EntropyMix(grid=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mixer(x, logits=logits)
+        EntropyMix(grid=2, check_values=False)(x, logits=probs)  # no check, no read, no warning
+    with pytest.warns(UserWarning, match=r"logits\[0\]: every row is in \[0, 1\] and sums to 1 .* pass probs="):
+        mixer(x, logits=probs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mixer(x, logits=probs)  # once per process
+
+
+@pytest.mark.parametrize("odd", [0, 1, 2])
+@pytest.mark.parametrize("mixer", [EntropyMix(2), EntropyMix(2, select="random")], ids=["max", "random"])
+def test_every_view_is_checked_for_dtype_not_only_the_first_two(mixer, odd):
+    views = [torch.rand(2, 3, 8, 8) for _ in range(3)]
+    views[odd] = views[odd].double()
+    first, other = ("float64", "float32") if odd == 0 else ("float32", "float64")
+    with pytest.raises(ValueError, match=rf"views must share dtype and device: views\[0\] is torch.{first} on cpu, "
+                                         rf"views\[{max(odd, 1)}\] is torch.{other} on cpu"):
+        mixer(views, probs=[torch.full((2, 2, 8, 8), 0.5)] * 3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(B=st.integers(2, 5), sg=sizes_and_grid(max_side=16), K=st.integers(2, 4), div=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2**31 - 1))
+def test_within_batch_rolls_the_partners_valid_mask_with_the_partner(B, sg, K, div, seed, device):
+    """The partner's mask travels with the partner: the plan is the one made from explicitly rolled
+    views, maps and masks, and a cell with no valid pixel in the partner is never taken from it
+    while the sample's own cell has one."""
+    (H, W), grid = sg
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(B, 2, H, W, generator=g).to(device)
+    probs = torch.rand(B, K, H, W, generator=g).softmax(1).to(device)
+    valid = (torch.rand(B, -(-H // div), -(-W // div), generator=g) < 0.4).to(device)
+    mixer = EntropyMix(grid, select="max")
+    _, plan = mixer.within_batch(x, probs, valid=valid)
+    pair = F.pair_within_batch
+    _, explicit = mixer(pair(x), pair(probs), valid=pair(valid))
+    assert torch.equal(plan.index, F.distinct_within_batch(explicit.index))
+    own, partner = (F.patch_entropy(torch.zeros(B, H, W, device=device), grid, v, return_valid=True)[1] for v in pair(valid))
+    wrong = (plan.index == 1) & own & ~partner
+    assert not (wrong if B >= 3 else wrong[:1]).any()  # at B = 2 the second sample mirrors the first
+
+
+@given(p=st.sampled_from([0.25, 0.5, 0.75]), seed=st.integers(0, 2**31 - 1))
+@settings(max_examples=10)
+def test_shared_cutmix_at_p_below_one_decides_per_sample(p, seed):
+    """``shared=True`` shares the cube's position; whether a sample gets it is drawn per sample."""
+    B = 400
+    plan = CutMix(p=p, share=0.5, shared=True)([torch.zeros(B, 1, 8, 8, 6), torch.ones(B, 1, 8, 8, 6)],
+                                                generator=torch.Generator().manual_seed(seed))[1]
+    mixed = plan.index.flatten(1).any(1)
+    assert abs(float(mixed.float().mean()) - p) < 0.1                           # a share p of the samples
+    cube = plan.index[mixed]
+    assert bool((cube == cube[:1]).all()) and int(cube[0].sum()) == 4 * 4 * 3   # one cube for all of them
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(B=st.integers(1, 2), size=st.tuples(st.integers(2, 9), st.integers(2, 9), st.integers(2, 9)),
+       divs=st.tuples(*[st.sampled_from([1, 2, 3])] * 3), K=st.integers(2, 4),
+       select=st.sampled_from(["max", "min"]), seed=st.integers(0, 2**31 - 1))
+def test_volume_valid_masks_at_another_resolution_are_resized_on_every_axis(B, size, divs, K, select, seed, device):
+    """A volume mask coarser on any axis gives the plan of its full-resolution form, built here axis
+    by axis from the grid rule (element i of an axis of n reads element floor(i * m / n) of m)."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = tuple(-(-n // d) for n, d in zip(size, divs))
+    valid = torch.rand(B, *coarse, generator=g) < 0.3
+    full = valid
+    for axis, (n, m) in enumerate(zip(size, coarse)):
+        full = full.index_select(axis + 1, torch.div(torch.arange(n) * m, n, rounding_mode="floor"))
+    x = [torch.rand(B, 1, *size, generator=g).to(device) for _ in range(2)]
+    probs = [torch.rand(B, K, *size, generator=g).softmax(1).to(device) for _ in range(2)]
+    mixer = EntropyMix(tuple(min(2, n) for n in size), select=select)
+    _, from_coarse = mixer(x, probs=probs, valid=[valid.to(device), valid.to(device)])
+    _, from_full = mixer(x, probs=probs, valid=[full.to(device), full.to(device)])
+    assert torch.equal(from_coarse.index, from_full.index)

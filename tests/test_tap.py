@@ -214,3 +214,26 @@ def test_leaving_a_with_block_closes_the_tap_which_clear_does_not():
     assert tap.closed and len(tap) == 0 and not net.decoder._forward_hooks
     net(torch.rand(1, 3, 2, 2))
     assert len(tap) == 0  # nothing recorded after the block
+
+
+def test_an_exception_inside_recording_restores_the_depth():
+    """A teacher forward that raises inside ``recording()`` must not leave the tap recording forever."""
+    net = Net()
+    tap = FeatureTap(net, "decoder")
+    with pytest.raises(RuntimeError, match="teacher failed"):
+        with torch.no_grad(), tap.recording():
+            with tap.recording():
+                raise RuntimeError("teacher failed")
+    with torch.no_grad():
+        net(torch.rand(1, 3, 2, 2))  # evaluation after the failure: nothing is recorded
+    assert len(tap) == 0 and tap._forced == 0
+    tap.close()
+
+
+def test_an_exception_inside_a_with_block_closes_the_tap():
+    net = Net()
+    with pytest.raises(ValueError, match="step failed"):
+        with FeatureTap(net, "decoder") as tap:
+            net(torch.rand(1, 3, 2, 2))
+            raise ValueError("step failed")
+    assert tap.closed and len(tap) == 0 and not net.decoder._forward_hooks
