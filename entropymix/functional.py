@@ -632,7 +632,7 @@ _CUTMIX_TRIES = 128
 
 def cutmix_boxes(batch_size: int, size: Sequence[int], p: float = 0.5, size_min: float = 0.02,
                  size_max: float = 0.4, ratio: Tuple[float, float] = (0.3, 1 / 0.3), *,
-                 share: Optional[float] = None, shared: bool = False,
+                 share: Optional[float] = None, shared: bool = False, far_edge: bool = True,
                  generator: Optional[torch.Generator] = None,
                  device: Optional[Union[str, torch.device]] = None) -> Tensor:
     """One random box (a cuboid for volumes) per sample, batched.
@@ -647,12 +647,14 @@ def cutmix_boxes(batch_size: int, size: Sequence[int], p: float = 0.5, size_min:
     each axis ``d >= 1`` an aspect ``side_0 / side_d = U(ratio)``, drawn independently.
 
     **BCP's form** (``share=`` given, e.g. ``2 / 3``): a box of ``floor(share * n)`` elements on
-    every axis of length ``n``, at a uniform position among all where it fits (BCP's
-    ``context_mask`` draws ``randint(0, n - side)``, which never reaches the last one);
-    ``size_min``, ``size_max`` and ``ratio`` are not used.
+    every axis of length ``n`` (at least 1), at a uniform position among all where it fits;
+    ``size_min``, ``size_max`` and ``ratio`` are not used. ``far_edge=False`` leaves out the last
+    of those positions, the one flush with the far edge, as BCP's ``context_mask`` does (its start
+    is ``randint(0, n - side)``, ``0 .. n - side - 1``); a box as long as its axis starts at 0.
 
     ``shared=True`` draws one box for the whole batch (BCP shares it); ``p`` still decides, per
-    sample, whether a sample gets it.
+    sample, whether a sample gets it (at ``p < 1`` some samples of a batch get the box, others
+    none).
 
     Returns:
         ``(B, *size)`` int64 pixel plan: 1 inside the box (taken from the second view), else 0.
@@ -684,7 +686,7 @@ def cutmix_boxes(batch_size: int, size: Sequence[int], p: float = 0.5, size_min:
     if share is not None:
         u = _uniform((B, 1 + n), device, generator).double()
         sides = (share * dims).floor().clamp_min(1).expand(B, n)
-        corner = (u[:, 1:] * (dims - sides + 1)).floor()
+        corner = (u[:, 1:] * (dims - sides + (1 if far_edge else 0)).clamp_min(1)).floor()
     else:
         u = _uniform((B, 2 + (2 * n - 1) * T), device, generator).double()
         amount = (size_min + (size_max - size_min) * u[:, 1:2]) * math.prod(size)        # (B, 1)

@@ -339,7 +339,10 @@ class CutMix(_Mixer):
         ratio: ``(low, high)`` range of the box aspect ``h / w`` (per axis for volumes), drawn uniformly.
         share: BCP's form instead: a box of ``floor(share * n)`` on every axis of length ``n``
             (BCP: ``2 / 3``); ``size_min``, ``size_max`` and ``ratio`` are then not used.
-        shared: one box for the whole batch (BCP's ``context_mask``), else one per sample.
+        shared: one box for the whole batch (BCP's ``context_mask``), else one per sample; ``p``
+            is still drawn per sample.
+        far_edge: with ``share``, whether a box may sit flush with the far edge of an axis (BCP's
+            ``context_mask`` never does). :meth:`CutMix.bcp` gives BCP's form exactly.
 
     Images ``(B, C, H, W)`` get boxes, volumes ``(B, C, X, Y, Z)`` cuboids (see
     :func:`entropymix.functional.cutmix_boxes`).
@@ -362,19 +365,32 @@ class CutMix(_Mixer):
 
     def __init__(self, p: float = 0.5, size_min: float = 0.02, size_max: float = 0.4,
                  ratio: Tuple[float, float] = (0.3, 1 / 0.3), *, share: Optional[float] = None,
-                 shared: bool = False) -> None:
+                 shared: bool = False, far_edge: bool = True) -> None:
         super().__init__(p)
         F.cutmix_boxes(0, (1, 1), p, size_min, size_max, ratio, share=share)  # validate the box arguments once
         self.size_min, self.size_max, self.ratio = float(size_min), float(size_max), tuple(ratio)
         self.share, self.shared = (None if share is None else float(share)), bool(shared)
+        self.far_edge = bool(far_edge)
         if share is not None:
-            self.repr_fields = ("p", "share", "shared")
+            self.repr_fields = ("p", "share", "shared", "far_edge")
+
+    @classmethod
+    def bcp(cls, mask_ratio: float = 2 / 3) -> "CutMix":
+        """BCP's copy-paste cuboid (``context_mask`` of *Bidirectional Copy-Paste*, CVPR 2023): every
+        sample mixed, one box of ``int(mask_ratio * n)`` on every axis shared by the batch, its start
+        uniform in ``0 .. n - side - 1`` (never flush with the far edge). BCP also uses one cube for
+        both copy-paste directions: replay the first plan for the second (``plan_l.apply(...)``).
+
+        >>> CutMix.bcp()
+        CutMix(p=1.0, share=0.6666666666666666, shared=True, far_edge=False)
+        """
+        return cls(p=1.0, share=mask_ratio, shared=True, far_edge=False)
 
     def _index(self, views, maps, kind, valid, generator) -> Tensor:
         B, _, *S = views[0].shape
         # p is applied here, with UniMatch's statistics, so the base class keeps every box.
         return F.cutmix_boxes(B, S, self.p, self.size_min, self.size_max, self.ratio, share=self.share,
-                              shared=self.shared, generator=generator, device=views[0].device)
+                              shared=self.shared, far_edge=self.far_edge, generator=generator, device=views[0].device)
 
     def _plan(self, views, probs, logits, valid, generator) -> MixPlan:
         # probs / logits / valid are ignored: CutMix accepts whatever an EntropyMix call passes.
