@@ -162,6 +162,15 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, device, num_class
 
 # --- the BCP step ----------------------------------------------------------------------------------
 
+def make_mixer(args):
+    """``--mix entropymix``: EntropyMix on ``--grid`` cells; ``--mix cutmix``: BCP's own cuboid
+    (:meth:`CutMix.bcp`: 2/3 of every axis, one cube shared by the batch, drawn as BCP's
+    ``context_mask`` draws it)."""
+    if args.mix == "entropymix":
+        return EntropyMix(tuple(args.grid), check_values=False)
+    return CutMix.bcp(2 / 3)
+
+
 def bcp_loss(model, teacher, labeled, unlabeled, mixer, speed, args):
     """One self-training step's loss: BCP's bidirectional copy-paste, by ``mixer``'s plans."""
     (img_l, lab_l), img_u = labeled, unlabeled
@@ -333,8 +342,7 @@ def main(args) -> dict:
     net = UNet3D(len(CLASSES), args.width).to(device)
     teacher = copy.deepcopy(net).requires_grad_(False).eval()
     model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) if distributed else net
-    mixer = (EntropyMix(tuple(args.grid), check_values=False) if args.mix == "entropymix"
-             else CutMix(p=1.0, share=2 / 3, shared=True))
+    mixer = make_mixer(args)
     state = {"args": args, "device": device, "model": model, "net": net, "teacher": teacher, "mixer": mixer,
              "speed": SPEEDLoss(check_values=False) if args.speed else None, "loaders": loaders, "val": val,
              "optimizer": torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4),

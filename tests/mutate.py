@@ -3,7 +3,8 @@
     python tests/mutate.py              # every defect below, two at a time
     python tests/mutate.py -k kd        # only defects whose name contains "kd" (-k kd,tap: either)
 
-Each defect replaces one exact line fragment of ``entropymix/`` in a throwaway copy of the
+Each defect replaces one exact line fragment of ``entropymix/`` (or of an example, named with its
+``examples/`` path) in a throwaway copy of the
 repository, then runs the fast test modules there (stopping at the first failure). A defect that
 no test catches is a *survivor*: either the suite has a blind spot, or the defect is equivalent
 (it changes nothing observable); the report says which is which only for the ones listed as
@@ -26,7 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ["tests/test_functional.py", "tests/test_mix.py", "tests/test_loss.py", "tests/test_bad_inputs.py",
          "tests/test_tap.py", "tests/test_docs.py"]
-MIRROR = {"_validation.py": "tests/test_bad_inputs.py"}  # the module without a test file of its own
+# the modules without a test file of their own name
+MIRROR = {"_validation.py": "tests/test_bad_inputs.py", "examples/volume_loop.py": "tests/test_volume_example.py"}
 COMPILE_TESTS = ["tests/test_compile.py"]
 
 # (name, file, original fragment, replacement): each fragment occurs exactly once in its file.
@@ -41,8 +43,8 @@ DEFECTS = [
     ("loss: kd mask as a product", "loss.py", "total = torch.where(mask, kl, 0.0).sum()", "total = (kl * mask).sum()"),
     ("loss: student logits not masked", "loss.py", "s = torch.where(mask[:, None], s, 0.0)", "pass"),
     ("loss: features masked by a product", "loss.py",
-     "f = torch.where(mask[:, None], _wide(features), 0.0).flatten(2)",
-     "f = (_wide(features) * mask[:, None]).flatten(2)"),
+     "f = torch.where(mask[:, None], _wide(features, other), 0.0).flatten(2)",
+     "f = (_wide(features, other) * mask[:, None]).flatten(2)"),
     ("loss: -inf teacher logits not clamped", "loss.py",
      "log_q = torch.log_softmax(t / temperature if temperature != 1 else t, dim=1).clamp_min_(torch.finfo(t.dtype).min)",
      "log_q = torch.log_softmax(t / temperature if temperature != 1 else t, dim=1)"),
@@ -52,9 +54,10 @@ DEFECTS = [
      'method = "gram" if gram_cost >= naive_cost else "naive"'),
     ("loss: relation in autocast precision", "loss.py", "    with _float32_math(student_features.device):",
      "    if True:"),
-    ("loss: teacher features not detached", "loss.py", "ft = _normalised_rows(teacher_features.detach(), mask)",
-     "ft = _normalised_rows(teacher_features, mask)"),
-    ("loss: teacher logits not detached", "loss.py", "t = _wide(teacher_logits.detach())", "t = _wide(teacher_logits)"),
+    ("loss: teacher features not detached", "loss.py", "ft = _normalised_rows(teacher_features.detach(), mask, student_features)",
+     "ft = _normalised_rows(teacher_features, mask, student_features)"),
+    ("loss: teacher logits not detached", "loss.py", "t = _wide(teacher_logits.detach(), student_logits)",
+     "t = _wide(teacher_logits, student_logits)"),
     ("loss: T^2 dropped", "loss.py", "kl = (q_log_q - (q * log_p).sum(1)) * temperature ** 2",
      "kl = (q_log_q - (q * log_p).sum(1)) * temperature"),
     ("loss: Gram cross term sign", "loss.py",
@@ -78,11 +81,11 @@ DEFECTS = [
     ("checks: simplex ignored", "functional.py",
      "return ~torch.isfinite(total) | (low < 0) | ((total - 1).abs() > SIMPLEX_TOLERANCE)",
      "return ~torch.isfinite(total) | (low < 0)"),
-    ("checks: +inf / all -inf logits allowed", "functional.py", "return ~torch.isfinite(logits.amax(1))",
-     "return torch.isnan(logits).any(1)"),
+    ("checks: +inf / all -inf logits allowed", "functional.py", "return ~torch.isfinite(high), looks",
+     "return torch.isnan(logits).any(1), looks"),
     ("checks: ignored pixels checked too", "functional.py", "bads.append(bad if mask is None else bad & mask)",
      "bads.append(bad)"),
-    ("checks: the last bad map named", "functional.py", "v = int(flags.int().argmax())", "v = len(bads) - 1"),
+    ("checks: the last bad map named", "functional.py", "v = flags.index(True)", "v = len(bads) - 1"),
     ("checks: generator not validated in select_views", "functional.py",
      "    validate.tensor(\"patch_entropy\", patch_entropy, ndim=(4, 5), floating=True, volumes=True)\n    validate.generator(generator)\n",
      "    validate.tensor(\"patch_entropy\", patch_entropy, ndim=(4, 5), floating=True, volumes=True)\n"),
@@ -139,14 +142,14 @@ DEFECTS = [
     ("classmix: floor(n / 2) classes", "functional.py", "(rank < (present.sum(1, keepdim=True) + 1) // 2)",
      "(rank < present.sum(1, keepdim=True) // 2)"),
     ("classmix: ignore pixels pasted", "functional.py",
-     "pasted = drawn.gather(1, flat.clamp(0, num_classes - 1)) & keep",
-     "pasted = drawn.gather(1, flat.clamp(0, num_classes - 1))"),
+     "pasted = drawn.byte().gather(1, flat.clamp(0, num_classes - 1)).bool() & keep",
+     "pasted = drawn.byte().gather(1, flat.clamp(0, num_classes - 1)).bool()"),
     ("classmix: one draw for the whole batch", "functional.py",
      "keys = torch.where(present, _uniform((B, num_classes), labels.device, generator), 2.0)",
      "keys = torch.where(present, _uniform((1, num_classes), labels.device, generator), 2.0)"),
     ("classmix: invalid pixels counted as present", "functional.py",
-     'present.scatter_reduce_(1, flat.clamp(0, num_classes - 1), keep, reduce="amax")',
-     'present.scatter_reduce_(1, flat.clamp(0, num_classes - 1), torch.ones_like(keep), reduce="amax")'),
+     'present.scatter_reduce_(1, flat.clamp(0, num_classes - 1), keep.byte(), reduce="amax")',
+     'present.scatter_reduce_(1, flat.clamp(0, num_classes - 1), torch.ones_like(keep).byte(), reduce="amax")'),
     # --- mix.py: plans, mixers ---------------------------------------------------------------------
     ("plan: to() does not move", "mix.py",
      "return MixPlan(self.index.to(device, non_blocking=non_blocking), self.num_views, self.size, False)",
@@ -256,7 +259,51 @@ DEFECTS = [
     ("volumes: cuboid volume not the drawn share", "functional.py",
      "first = (amount * math.prod(r)) ** (1 / n)", "first = (amount * math.prod(r)) ** (1 / 2)"),
     ("bcp: the last position never drawn", "functional.py",
-     "corner = (u[:, 1:] * (dims - sides + 1)).floor()", "corner = (u[:, 1:] * (dims - sides)).floor()"),
+     "(dims - sides + (1 if far_edge else 0)).clamp_min(1)", "(dims - sides).clamp_min(1)"),
+    ("bcp: CutMix.bcp reaches the far edge", "functional.py",
+     "(dims - sides + (1 if far_edge else 0)).clamp_min(1)", "(dims - sides + 1).clamp_min(1)"),
+    ("bcp: CutMix.bcp not shared", "mix.py", "return cls(p=1.0, share=mask_ratio, shared=True, far_edge=False)",
+     "return cls(p=1.0, share=mask_ratio, shared=False, far_edge=False)"),
+    ("bcp: shared cube at p < 1 drawn per batch", "functional.py",
+     "mixed = _uniform((batch_size,), device, generator) < p if shared else u[:, 0] < p",
+     "mixed = (_uniform((1,), device, generator) < p).expand(batch_size) if shared else u[:, 0] < p"),
+    # --- issue 40: contracts the suite did not hold ------------------------------------------------
+    ("within_batch: the partner's valid mask not rolled", "mix.py",
+     'None if valid is None else pair(validate.tensor("valid", valid)), generator)',
+     'None if valid is None else [valid, valid], generator)'),
+    ("views: only the first two views' dtypes checked", "_validation.py",
+     "    for v, x in enumerate(seq):\n        tensor(f\"views[{v}]\"", "    for v, x in enumerate(seq[:2]):\n        tensor(f\"views[{v}]\""),
+    ("tap: recording depth not restored after an exception", "tap.py",
+     "        try:\n            yield self\n        finally:\n            self._forced -= 1",
+     "        yield self\n        self._forced -= 1"),
+    ("tap: a with block left by an exception keeps the hook", "tap.py",
+     "    def __exit__(self, *exc: object) -> None:\n        self.close()",
+     "    def __exit__(self, *exc: object) -> None:\n        if exc[0] is None:\n            self.close()"),
+    ("loss: float32 and float64 inputs not promoted together", "loss.py",
+     "return t.to(dtype if other is None else torch.promote_types(dtype, other.dtype))", "return t.to(dtype)"),
+    ("checks: probabilities passed as logits never warned", "functional.py",
+     "if any(flags[len(bads):]) and not any(flags[:len(bads)])", "if False"),
+    # --- examples/volume_loop.py: the BCP step's logic ---------------------------------------------
+    ("volume: loss mask inverted", "examples/volume_loop.py",
+     "region_l, region_u = ((p.source_map() == 0).long()", "region_l, region_u = ((p.source_map() == 1).long()"),
+    ("volume: mix_loss weights swapped", "examples/volume_loop.py",
+     "wi, wp = (u_weight, 1.0) if unlabeled else (1.0, u_weight)", "wi, wp = (1.0, u_weight) if unlabeled else (u_weight, 1.0)"),
+    ("volume: logits swapped against their views", "examples/volume_loop.py",
+     "mixer([img_a, unimg_a], logits=[t_a, t_ua])", "mixer([img_a, unimg_a], logits=[t_ua, t_a])"),
+    ("volume: pseudo-labels swapped", "examples/volume_loop.py",
+     "plab_a, plab_b = t_ua.argmax(1), t_ub.argmax(1)", "plab_a, plab_b = t_ub.argmax(1), t_ua.argmax(1)"),
+    ("volume: teacher features swapped", "examples/volume_loop.py",
+     "plan_l.apply([f_a, f_ua])", "plan_l.apply([f_ua, f_a])"),
+    ("volume: flip on the wrong axes", "examples/volume_loop.py",
+     "y = torch.where(m.view(-1, 1, 1, 1), y.flip(1 + axis), y)", "y = torch.where(m.view(-1, 1, 1, 1), y.flip(3 - axis), y)"),
+    ("volume: a cube per sample", "examples/volume_loop.py", "return CutMix.bcp(2 / 3)",
+     "return CutMix(p=1.0, share=2 / 3, far_edge=False)"),
+    ("volume: Dice averaged with the background", "examples/volume_loop.py",
+     "prob = logits.softmax(1)[:, 1:]", "prob = logits.softmax(1)"),
+    ("volume: EMA weights exchanged", "examples/volume_loop.py",
+     "t.mul_(decay).add_(s.detach(), alpha=1 - decay)", "t.mul_(1 - decay).add_(s.detach(), alpha=decay)"),
+    ("volume: teacher chunks unpacked in the wrong order", "examples/volume_loop.py",
+     "t_a, t_b, t_ua, t_ub = logits_t.chunk(4)", "t_a, t_ua, t_b, t_ub = logits_t.chunk(4)"),
     ("bcp: a box per sample when shared", "functional.py", "    B = 1 if shared else batch_size\n",
      "    B = batch_size\n"),
     ("volumes: an int grid means 2 axes", "mix.py", 'grid = validate.dims("grid", self.grid, len(S))',
@@ -286,8 +333,8 @@ EQUIVALENT = {
 
 
 def run_defect(name: str, file: str, old: str, new: str, workdir: Path) -> tuple:
-    target = workdir / "entropymix" / file
-    source = (workdir / "pristine" / file).read_text()  # the package as it was when the run started
+    target = workdir / (file if "/" in file else f"entropymix/{file}")
+    source = (workdir / "pristine" / file).read_text()  # the package and examples as they were when the run started
     if source.count(old) != 1:
         return name, "stale", f"fragment found {source.count(old)} times in {file}"
     target.write_text(source.replace(old, new))
@@ -315,7 +362,9 @@ def main(argv=None) -> int:
         for j in range(args.jobs):
             work = Path(tmp) / str(j)
             shutil.copytree(ROOT / "entropymix", work / "entropymix", ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(ROOT / "examples", work / "examples", ignore=shutil.ignore_patterns("__pycache__", "runs"))
             shutil.copytree(work / "entropymix", work / "pristine")
+            shutil.copytree(work / "examples", work / "pristine" / "examples")
             shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
             shutil.copy(ROOT / "setup.cfg", work / "setup.cfg")  # pytest's testpaths and options
             copies.append(work)

@@ -1,7 +1,9 @@
 """Smoke tests of the volumetric example (``examples/train_volumes.py``): both mixers, SPEEDLoss,
 resume, DDP, the embedded volumes, and a --help that imports no torch."""
 
+import copy
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,6 +17,7 @@ sys.path.insert(0, str(EXAMPLES))
 
 import train_volumes  # noqa: E402
 import volume_loop  # noqa: E402
+from entropymix import EntropyMix  # noqa: E402
 
 TINY = ["--size", "12", "12", "8", "--grid", "2", "2", "2", "--num-labeled", "4", "--num-unlabeled", "8",
         "--num-val", "4", "--batch-size", "4", "--width", "4", "--pretrain-epochs", "1", "--epochs", "1",
@@ -97,3 +100,113 @@ def test_readme_states_the_default_run_as_saved():
         defaults.pop(key), saved.pop(key)
     assert saved == defaults  # the run the README reads is the default one
     assert run_summary(result) in (EXAMPLES.parent / "README.md").read_text()
+
+
+# --- the loop's pieces, each against its definition -------------------------------------------------
+
+def test_flip_keeps_volume_and_label_aligned_and_flips_each_spatial_axis_by_chance():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(96, 1, 5, 4, 3, generator=g)
+    y = (x[:, 0] * 7).long()  # the label is a function of the voxel: aligned iff it still is after the flip
+    xf, yf = volume_loop.flip(x, y, torch.Generator().manual_seed(1))
+    assert torch.equal(yf, (xf[:, 0] * 7).long())
+    subsets = [[a for a in range(3) if m >> a & 1] for m in range(8)]
+    flipped = torch.zeros(3)
+    for b in range(len(x)):  # each sample is its own volume flipped along a set of spatial axes
+        found = [s for s in subsets if torch.equal(xf[b], x[b].flip([1 + a for a in s]) if s else x[b])]
+        assert len(found) == 1
+        flipped[found[0]] += 1
+    assert ((flipped > 0.3 * len(x)) & (flipped < 0.7 * len(x))).all(), flipped  # each axis with probability 1/2
+    alone, none = volume_loop.flip(x, None, torch.Generator().manual_seed(1))
+    assert none is None and torch.equal(alone, xf)  # the same draws without labels
+
+
+def test_region_loss_is_cross_entropy_plus_foreground_dice_on_known_volumes():
+    target = torch.tensor([0, 1, 2, 2]).view(1, 2, 2, 1)
+    sure = torch.nn.functional.one_hot(target, 3).movedim(-1, 1).float() * 60 - 30
+    everywhere = torch.ones_like(target)
+    assert float(volume_loop.region_loss(sure, target, everywhere)) < 1e-6   # right and sure: no loss
+    uniform = torch.zeros(1, 3, 2, 2, 1)
+    # p = 1/3 everywhere: CE log 3; Dice of class 1: 2 (1/3) / (4/3 + 1), of class 2: 2 (2/3) / (4/3 + 2);
+    # the background is not a class Dice averages over
+    dice = ((2 / 3) / (7 / 3) + (4 / 3) / (10 / 3)) / 2
+    expected = (math.log(3) + 1 - dice) / 2
+    assert abs(float(volume_loop.region_loss(uniform, target, everywhere)) - expected) < 1e-5
+    # only the voxels of the region count: without the last voxel, each class's Dice is (2/3) / 2
+    region = torch.tensor([1, 1, 1, 0]).view(1, 2, 2, 1)
+    expected = (math.log(3) + 1 - 1 / 3) / 2
+    assert abs(float(volume_loop.region_loss(uniform, target, region)) - expected) < 1e-5
+
+
+def test_ema_update_is_its_definition():
+    torch.manual_seed(0)
+    teacher, student = volume_loop.UNet3D(4, width=2), volume_loop.UNet3D(4, width=2)
+    student(torch.rand(2, 1, 4, 4, 4))  # batch-norm statistics move in the student
+    before = copy.deepcopy(teacher)
+    volume_loop.ema_update(teacher, student, 0.9)
+    for (name, t), s, b in zip(teacher.named_parameters(), student.parameters(), before.parameters()):
+        assert torch.allclose(t, 0.9 * b + 0.1 * s, atol=1e-7), name
+    for (name, t), s, b in zip(teacher.named_buffers(), student.buffers(), before.buffers()):
+        expected = 0.9 * b + 0.1 * s if t.is_floating_point() else s  # running stats averaged, the counter copied
+        assert torch.allclose(t.float(), expected.float(), atol=1e-7), name
+
+
+def test_cutmix_is_bcps_shared_cube_and_entropymix_its_grid():
+    args = train_volumes.parse_args(TINY + ["--mix", "cutmix", "--out-dir", "unused"])
+    ones = torch.ones(4, 1, 12, 12, 9)
+    for seed in range(20):
+        plan = volume_loop.make_mixer(args)([torch.zeros_like(ones), ones], generator=torch.Generator().manual_seed(seed))[1]
+        cube = plan.index.bool()
+        assert all(torch.equal(cube[0], c) for c in cube) and int(cube[0].sum()) == 8 * 8 * 6  # one cube, 2/3 of each axis
+        where = cube[0].nonzero()
+        assert all(int(where[:, d].max()) < n - 1 for d, n in enumerate((12, 12, 9)))     # never at the far edge
+    args = train_volumes.parse_args(TINY + ["--mix", "entropymix", "--out-dir", "unused"])
+    mixer = volume_loop.make_mixer(args)
+    assert isinstance(mixer, EntropyMix) and mixer.grid == (2, 2, 2)
+
+
+def reference_region_loss(logits, target, region):
+    """CE over the region's voxels, plus 1 - mean foreground Dice of softmax over the region, halved."""
+    region = region.double()
+    logp = torch.log_softmax(logits.double(), 1)
+    ce = -(logp.gather(1, target[:, None])[:, 0] * region).sum() / region.sum().clamp_min(1)
+    dices = []
+    for c in range(1, logits.shape[1]):
+        p, t = logp[:, c].exp() * region, (target == c).double() * region
+        dices.append((2 * (p * t).sum() + 1e-5) / (p.sum() + t.sum() + 1e-5))
+    return (ce + 1 - torch.stack(dices).mean()) / 2
+
+
+def test_bcp_loss_equals_the_bidirectional_copy_paste_computed_independently():
+    """Every piece of a BCP step against a computation that shares none of its code: the teacher on
+    each half alone, the plans from the right (view, logits) pairs, the regions each label came
+    from weighed 1 (labeled) or u_weight (pseudo-labeled), and SPEEDLoss on the teacher's logits
+    and features mixed by the regions."""
+    torch.manual_seed(0)
+    model, teacher = volume_loop.UNet3D(4, width=4).eval(), volume_loop.UNet3D(4, width=4).eval()
+    g = torch.Generator().manual_seed(1)
+    img_l, img_u = torch.rand(4, 1, 8, 8, 6, generator=g), torch.rand(4, 1, 8, 8, 6, generator=g)
+    lab_l = torch.randint(0, 4, (4, 8, 8, 6), generator=g)
+    args = train_volumes.parse_args(TINY + ["--u-weight", "0.3", "--speed-weight", "0.7", "--out-dir", "unused"])
+    mixer, speed = EntropyMix((2, 2, 2)), volume_loop.SPEEDLoss()
+    loss, (loss_l, loss_u, loss_speed), (plan_l, plan_u), _ = volume_loop.bcp_loss(
+        model, teacher, (img_l, lab_l), img_u, mixer, speed, args)
+
+    img_a, img_b, lab_a, lab_b, unimg_a, unimg_b = img_l[:2], img_l[2:], lab_l[:2], lab_l[2:], img_u[:2], img_u[2:]
+    with torch.no_grad():
+        (t_a, f_a), (t_b, f_b), (t_ua, f_ua), (t_ub, f_ub) = (teacher(v) for v in (img_a, img_b, unimg_a, unimg_b))
+        from_u = mixer([img_a, unimg_a], logits=[t_a, t_ua])[1].source_map() == 1  # unlabeled regions in labeled volumes
+        from_l = mixer([unimg_b, img_b], logits=[t_ub, t_b])[1].source_map() == 1  # labeled regions in unlabeled volumes
+    assert torch.equal(plan_l.source_map() == 1, from_u) and torch.equal(plan_u.source_map() == 1, from_l)
+    assert 0 < float(from_u.float().mean()) < 1 and 0 < float(from_l.float().mean()) < 1
+    pick = lambda m, x, y: torch.where(m.view(m.shape[0], 1, *m.shape[1:]) if x.dim() == 5 else m, y, x)  # noqa: E731
+    mixl, mixu = pick(from_u, img_a, unimg_a), pick(from_l, unimg_b, img_b)
+    (out_l, fe_l), (out_u, fe_u) = model(mixl), model(mixu)
+    plab_a, plab_b = t_ua.argmax(1), t_ub.argmax(1)
+    u = 0.3
+    ref_l = reference_region_loss(out_l, lab_a, ~from_u) + u * reference_region_loss(out_l, plab_a, from_u)
+    ref_u = u * reference_region_loss(out_u, plab_b, ~from_l) + reference_region_loss(out_u, lab_b, from_l)
+    ref_speed = (speed(out_l, pick(from_u, t_a, t_ua), fe_l, pick(from_u, f_a, f_ua))
+                 + speed(out_u, pick(from_l, t_ub, t_b), fe_u, pick(from_l, f_ub, f_b))) / 2
+    for got, want in ((loss_l, ref_l), (loss_u, ref_u), (loss_speed, ref_speed), (loss, ref_l + ref_u + 0.7 * ref_speed)):
+        assert torch.allclose(got.double(), want.double(), rtol=1e-4, atol=1e-6), (float(got), float(want))
