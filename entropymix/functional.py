@@ -36,6 +36,7 @@ __all__ = [
     "resize_nearest",
     "cutmix_boxes",
     "classmix_masks",
+    "check_share",
     "set_compile",
     "warmup",
     "SELECT_MODES",
@@ -441,8 +442,12 @@ def _uniform(shape: Tuple[int, ...], device: torch.device, generator: Optional[t
     return torch.rand(shape, generator=generator, device=src).to(device, non_blocking=True)
 
 
+Share = Union[float, Tuple[float, float]]
+
+
 def select_views(patch_entropy: Tensor, mode: str = "max", temperature: float = 1.0,
-                 generator: Optional[torch.Generator] = None, *, valid: Optional[Tensor] = None) -> Tensor:
+                 generator: Optional[torch.Generator] = None, *, valid: Optional[Tensor] = None,
+                 share: Optional[Share] = None) -> Tensor:
     """Choose a source view for every cell.
 
     Args:
@@ -454,6 +459,15 @@ def select_views(patch_entropy: Tensor, mode: str = "max", temperature: float = 
         generator: random source of ``"sample"`` / ``"random"``.
         valid: optional bool cells shaped like ``patch_entropy`` that hold a valid pixel; an empty cell is
             never preferred over a non-empty one. Ties go to the lowest view index.
+        share: how much each sample takes from views ``1 .. V-1`` (view 0 is the image being mixed
+            into), as a fraction of its cells: ``round(share * cells)`` cells, or a ``(low, high)``
+            range from which each sample draws its own fraction uniformly (CutMix-like). The mode
+            then decides *where*: the cells whose best other view beats view 0 by the widest
+            margin (``"max"``: most uncertain relative to view 0; ``"min"``: least; ``"sample"``:
+            by Gumbel-perturbed scores; ``"random"``: uniformly), each taken from that best view;
+            ties are broken by ``generator``. A cell whose other views have no valid pixel is never
+            taken, so a sample with fewer such cells takes fewer. ``None`` (default): each cell
+            independently, as above.
 
     Returns:
         ``(B, *grid)`` int64 view index.
@@ -461,6 +475,9 @@ def select_views(patch_entropy: Tensor, mode: str = "max", temperature: float = 
     >>> cells = torch.tensor([[[[0.1, 0.9]]], [[[0.5, 0.2]]]])  # V=2 views, B=1, a 1 x 2 grid
     >>> select_views(cells, "max")
     tensor([[[1, 0]]])
+    >>> wide = torch.tensor([[[[0.1, 0.2, 0.3, 0.4]]], [[[0.9, 0.3, 0.8, 0.4]]]])  # margins 0.8, 0.1, 0.5, 0.0
+    >>> select_views(wide, "max", share=0.5)          # the two cells of widest margin
+    tensor([[[1, 0, 1, 0]]])
     """
     validate.tensor("patch_entropy", patch_entropy, ndim=(4, 5), floating=True, volumes=True)
     validate.generator(generator)
@@ -470,10 +487,12 @@ def select_views(patch_entropy: Tensor, mode: str = "max", temperature: float = 
     if V < 1:
         raise ValueError(f"patch_entropy needs at least one view, got shape {validate.shape(patch_entropy)}")
     ent = patch_entropy.float()
-    if mode == "random":
+    if share is not None:
+        share = check_share(share)
+    if mode == "random" and share is None:
         u = _uniform(ent.shape[1:], ent.device, generator)
         return (u * V).long().clamp_max_(V - 1)
-    if valid is not None:
+    if valid is not None and mode != "random":
         if valid.shape != patch_entropy.shape or valid.dtype != torch.bool:
             raise ValueError(f"valid must be a bool tensor shaped like patch_entropy {validate.shape(patch_entropy)}, "
                              f"got {valid.dtype} {validate.shape(valid)}")
@@ -483,14 +502,54 @@ def select_views(patch_entropy: Tensor, mode: str = "max", temperature: float = 
         score = ent
     elif mode == "min":
         score = -ent
+    elif mode == "random":  # with a share: uniform scores, so uniform cells and a uniform other view
+        score = _uniform(ent.shape, ent.device, generator)
     else:  # "sample": Gumbel-max draws exactly from softmax(E / T), batched over cells.
         u = _uniform(ent.shape, ent.device, generator)
         gumbel = -torch.log(-torch.log(u.clamp(min=torch.finfo(u.dtype).tiny)))
         score = ent / temperature + gumbel
-    if valid is not None:
+    if valid is not None and mode != "random":
         score = torch.where(valid, score, -math.inf)
-    # torch.argmax returns the first maximal index: ties go to the lowest view.
-    return score.argmax(0)
+    if share is None:
+        # torch.argmax returns the first maximal index: ties go to the lowest view.
+        return score.argmax(0)
+    return _take_share(score, share, generator)
+
+
+def check_share(share: object) -> Share:
+    """A fraction in ``[0, 1]``, or a ``(low, high)`` range with ``0 <= low <= high <= 1``."""
+    if isinstance(share, (tuple, list)):
+        if (len(share) != 2 or not all(validate._number(s) for s in share)
+                or not 0.0 <= share[0] <= share[1] <= 1.0):
+            raise ValueError(f"share must be a fraction in [0, 1] or a (low, high) range with "
+                             f"0 <= low <= high <= 1, got {share!r}")
+        return float(share[0]), float(share[1])
+    return validate.probability("share", share)
+
+
+def _take_share(score: Tensor, share: Share, generator: Optional[torch.Generator]) -> Tensor:
+    """``(B, *grid)`` index taking ``round(share * cells)`` cells per sample from views ``1..V-1``: the
+    cells of widest margin ``max_{v >= 1} score_v - score_0``, ties in random order; a cell whose
+    margin is ``-inf`` (no valid pixel in any other view) is never taken."""
+    V, B, *grid = score.shape
+    n = math.prod(grid)
+    if V == 1 or n == 0:
+        return torch.zeros(B, *grid, dtype=torch.long, device=score.device)
+    best, which = score[1:].max(0)
+    margin = (best - score[0]).flatten(1)                                   # (B, n); +inf: view 0 empty
+    if isinstance(share, tuple):  # a fraction per sample, U(low, high)
+        low, high = share
+        fraction = low + (high - low) * _uniform((B, 1), score.device, generator).double()
+    else:
+        fraction = torch.full((B, 1), share, dtype=torch.float64, device=score.device)
+    count = (fraction * n + 0.5).floor()                                    # round half up, per sample
+    # Cells in random order, then a stable sort by margin: equal margins keep the random order.
+    shuffle = _uniform((B, n), score.device, generator).argsort(1)
+    order = margin.gather(1, shuffle).nan_to_num(nan=-math.inf).sort(dim=1, descending=True, stable=True).indices
+    ranked = torch.arange(n, device=score.device).expand(B, n) < count      # the first `count` in that order
+    take = torch.zeros_like(ranked).scatter(1, shuffle.gather(1, order), ranked)
+    take &= margin > -math.inf
+    return torch.where(take.view(B, *grid), which + 1, 0)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -260,6 +260,15 @@ class EntropyMix(_Mixer):
         check_values: check probabilities for non-finite values and the simplex (synchronises
             with the device; switch off in synchronisation-free GPU loops).
         ignore_index: the invalid label when ``valid`` holds integer label maps.
+        share: how much, separately from where. ``None`` (default): every cell picks its view on
+            its own, so the share each sample takes from the other views is whatever the selection
+            gives (about half under ``"max"`` with two views). A fraction: every mixed sample takes
+            ``round(share * cells)`` cells from views ``1 .. V-1`` and keeps view 0 elsewhere; the
+            selection decides which cells (the widest margin of the best other view over view 0
+            under ``"max"``; uniformly under ``"random"``, the control at equal share), ties broken
+            by the generator. A ``(low, high)`` range: each sample draws its fraction uniformly
+            from it. A cell with no valid pixel in the other views is never taken. See
+            :func:`entropymix.functional.select_views`.
 
     Entropies are comparable across views only when every view's prediction comes from the same
     model in the same mode (all eval or all train). The entropy runs eagerly; pass the teacher's
@@ -297,7 +306,8 @@ class EntropyMix(_Mixer):
     repr_fields = ("grid", "select", "p", "temperature")
 
     def __init__(self, grid: Grid = (4, 4), select: str = "max", p: float = 1.0,
-                 temperature: float = 1.0, check_values: bool = True, ignore_index: int = 255) -> None:
+                 temperature: float = 1.0, check_values: bool = True, ignore_index: int = 255, *,
+                 share: Optional[F.Share] = None) -> None:
         super().__init__(p, ignore_index)
         # An int stays an int (that many cells on every spatial axis, images or volumes); a tuple
         # gives one count per axis and fixes the number of spatial dims.
@@ -306,6 +316,9 @@ class EntropyMix(_Mixer):
         self.select = validate.choice("select", select, F.SELECT_MODES)
         self.temperature = validate.positive("temperature", temperature)
         self.check_values = bool(check_values)
+        self.share = None if share is None else F.check_share(share)
+        if self.share is not None:
+            self.repr_fields = ("grid", "select", "p", "temperature", "share")
 
     def needs_predictions(self) -> Optional[str]:
         return None if self.select == "random" else f"select={self.select!r}"
@@ -317,7 +330,8 @@ class EntropyMix(_Mixer):
         if any(g > n for g, n in zip(grid, S)):
             raise ValueError(f"grid {grid} is larger than the images {axes} = {tuple(S)}")
         if self.select == "random":
-            return F.select_views(torch.zeros(V, B, *grid, device=device), "random", generator=generator)
+            return F.select_views(torch.zeros(V, B, *grid, device=device), "random", generator=generator,
+                                  share=self.share)
         maps = validate.maps(kind, maps, V, B, device, spatial=len(S))
         s = tuple(maps[0].shape[2:])
         if any(g > n for g, n in zip(grid, s)):
@@ -327,7 +341,8 @@ class EntropyMix(_Mixer):
         ents = F._entropies(kind, [f"{kind}[{v}]" for v in range(V)], maps, masks, self.check_values)
         cells, nonempty = zip(*(F.patch_entropy(e, grid, m, return_valid=True) for e, m in zip(ents, masks)))
         cell_valid = torch.stack(nonempty) if any(m is not None for m in masks) else None
-        return F.select_views(torch.stack(cells), self.select, self.temperature, generator, valid=cell_valid)
+        return F.select_views(torch.stack(cells), self.select, self.temperature, generator, valid=cell_valid,
+                              share=self.share)
 
 
 class CutMix(_Mixer):

@@ -450,14 +450,20 @@ def test_cutmix_cuboids_match_the_documented_statistics():
         assert abs(got - (ref[:, 3 + d] + ref[:, d] / 2).mean()) < 0.02 * size[d]
 
 
-def test_bcp_cuboids_reach_every_position_where_they_fit():
+@pytest.mark.parametrize("far_edge", [True, False])
+def test_bcp_cuboids_reach_every_position_where_they_fit(far_edge):
+    """Every start where the cube fits (``far_edge=False``, BCP's ``context_mask``: all but the one
+    flush with the far edge; a cube as long as its axis starts at 0)."""
     size, share = (6, 5, 4), 2 / 3
-    m = F.cutmix_boxes(400, size, 1.0, share=share, generator=torch.Generator().manual_seed(0)).bool()
+    m = F.cutmix_boxes(400, size, 1.0, share=share, far_edge=far_edge, generator=torch.Generator().manual_seed(0)).bool()
     for d in range(3):
         span = m.any(dim=tuple(e for e in range(1, 4) if e != d + 1))
         side = math.floor(share * size[d])
         assert (span.sum(1) == side).all()
-        assert set(span.double().argmax(1).tolist()) == set(range(size[d] - side + 1))  # the last one too
+        last = size[d] - side if far_edge else max(0, size[d] - side - 1)
+        assert set(span.double().argmax(1).tolist()) == set(range(last + 1))
+    whole = F.cutmix_boxes(3, (4, 4), 1.0, share=1.0, far_edge=far_edge)
+    assert bool(whole.all())
 
 
 @given(lead=st.lists(st.integers(1, 3), min_size=0, max_size=3), volume=st.booleans(),

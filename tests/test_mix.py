@@ -220,9 +220,10 @@ def test_no_host_device_sync_on_the_hot_path(monkeypatch):
         monkeypatch.setattr(torch.Tensor, original.__name__, guarded)
 
     for select in MODES:
-        mixed, plan = EntropyMix(4, select=select, p=0.5, check_values=False)(
-            views, probs=probs, valid=valid, generator=torch.Generator().manual_seed(0))
-        plan.apply(labels)
+        for share in (None, 0.25, (0.1, 0.5)):
+            mixed, plan = EntropyMix(4, select=select, p=0.5, check_values=False, share=share)(
+                views, probs=probs, valid=valid, generator=torch.Generator().manual_seed(0))
+            plan.apply(labels)
     mixed, plan = CutMix()(views, generator=torch.Generator().manual_seed(0))
     plan.apply(labels)
     with pytest.raises(AssertionError, match="synchronisation"):  # the guard does catch value checks
@@ -319,6 +320,9 @@ def test_cuda_hot_path_does_not_synchronise():
         plan.apply(labels)
         _, plan = CutMix()(views)
         plan.apply(labels)
+        for share in (0.25, (0.1, 0.5)):
+            _, plan = EntropyMix(4, check_values=False, share=share)(views, probs=probs)
+            plan.apply(labels)
     finally:
         torch.cuda.set_sync_debug_mode("default")
 
@@ -946,3 +950,154 @@ def test_volume_valid_masks_at_another_resolution_are_resized_on_every_axis(B, s
     _, from_coarse = mixer(x, probs=probs, valid=[valid.to(device), valid.to(device)])
     _, from_full = mixer(x, probs=probs, valid=[full.to(device), full.to(device)])
     assert torch.equal(from_coarse.index, from_full.index)
+
+
+# --- issue 39: how much (share) apart from where (selection) ---------------------------------------
+
+SHARES = st.one_of(st.sampled_from([0.0, 0.1, 0.25, 0.5, 1.0]), st.floats(0, 1))
+
+
+def float64_cells(probs, grid):
+    """(V, B, gh, gw) float64 cell entropies from the definition: -sum p log p per pixel, averaged
+    over each cell's pixels (cells by the grid rule, written out)."""
+    out = []
+    for q in probs:
+        q = q.double().cpu()
+        ent = -torch.where(q > 0, q * q.log(), 0.0).sum(1)
+        B, h, w = ent.shape
+        rows, cols = torch.tensor(naive_cells(h, grid[0])), torch.tensor(naive_cells(w, grid[1]))
+        cells = torch.zeros(B, *grid, dtype=torch.float64)
+        for i in range(grid[0]):
+            for j in range(grid[1]):
+                cells[:, i, j] = ent[:, rows == i][:, :, cols == j].mean((1, 2))
+        out.append(cells)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(V=st.integers(2, 4), B=st.integers(1, 3), sg=sizes_and_grid(max_side=33), K=st.integers(2, 6),
+       select=st.sampled_from(MODES), share=SHARES, p=st.sampled_from([0.5, 1.0]), seed=st.integers(0, 2**31 - 1))
+@example(V=2, B=2, sg=((321, 321), (4, 4)), K=21, select="max", share=0.1, p=1.0, seed=0)
+@example(V=2, B=1, sg=((1, 1), (1, 1)), K=2, select="max", share=1.0, p=1.0, seed=0)
+def test_share_is_realised_to_the_cell_and_pixels_are_conserved(V, B, sg, K, select, share, p, seed, device):
+    (H, W), grid = sg
+    views, probs, _ = make_batch(seed, V, B, 3, H, W, K, device=device)
+    mixed, plan = EntropyMix(grid, select=select, p=p, share=share)(views, probs=probs,
+                                                                    generator=torch.Generator().manual_seed(seed))
+    check_conservation(mixed, views, plan)
+    taken = (plan.index != 0).flatten(1).sum(1)
+    n = grid[0] * grid[1]
+    mixed_samples = taken > 0
+    assert ((taken == math.floor(share * n + 0.5)) | ~mixed_samples).all()  # the requested cells, to the cell
+    if p == 1.0:
+        assert (taken == math.floor(share * n + 0.5)).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(V=st.integers(2, 4), B=st.integers(1, 3), sg=sizes_and_grid(max_side=24), K=st.integers(2, 6),
+       select=st.sampled_from(["max", "min"]), share=SHARES, seed=st.integers(0, 2**31 - 1))
+def test_share_takes_the_cells_of_widest_margin_by_a_float64_reference(V, B, sg, K, select, share, seed, device):
+    """Every taken cell's margin (best other view over view 0, float64 from the definition) is at least
+    every kept cell's, and it comes from that best view."""
+    (H, W), grid = sg
+    views, probs, _ = make_batch(seed, V, B, 1, H, W, K, device=device)
+    _, plan = EntropyMix(grid, select=select, share=share)(views, probs=probs, generator=torch.Generator().manual_seed(seed))
+    E = float64_cells(probs, grid)
+    score = E if select == "max" else -E
+    best, which = score[1:].max(0)
+    margin = (best - score[0]).flatten(1)
+    index = plan.index.cpu().flatten(1)
+    taken = index != 0
+    tol = 1e-5  # float32 cell means against float64: only near-ties may order differently
+    for b in range(B):
+        if taken[b].any() and (~taken[b]).any():
+            assert float(margin[b][taken[b]].min()) >= float(margin[b][~taken[b]].max()) - tol
+        clear = taken[b] & ((score[1:].flatten(2)[:, b] - best.flatten(1)[b]).abs() > tol).sum(0).eq(V - 2)
+        assert torch.equal(index[b][clear], (which.flatten(1)[b] + 1)[clear])
+
+
+@given(sg=sizes_and_grid(max_side=16), share=st.sampled_from([0.25, 0.5]), seed=st.integers(0, 2**31 - 1))
+@settings(max_examples=10)
+def test_random_placement_at_a_share_is_uniform_over_cells(sg, share, seed):
+    """The control: the same number of cells, each cell equally likely, entropy unread."""
+    (H, W), grid = sg
+    n = grid[0] * grid[1]
+    B = 2000
+    x = [torch.zeros(B, 1, H, W), torch.ones(B, 1, H, W)]
+    _, plan = EntropyMix(grid, select="random", share=share)(x, generator=torch.Generator().manual_seed(seed))
+    count = math.floor(share * n + 0.5)
+    assert ((plan.index != 0).flatten(1).sum(1) == count).all()
+    freq = (plan.index != 0).float().mean(0)
+    assert (freq - count / n).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(V=st.integers(2, 3), B=st.integers(1, 3), sg=sizes_and_grid(max_side=24), K=st.integers(2, 5),
+       select=st.sampled_from(["max", "min", "sample"]), share=SHARES, seed=st.integers(0, 2**31 - 1))
+def test_share_never_takes_a_cell_empty_in_the_other_views(V, B, sg, K, select, share, seed, device):
+    (H, W), grid = sg
+    views, probs, g = make_batch(seed, V, B, 1, H, W, K, device=device)
+    valid = [(torch.rand(B, H, W, generator=g) < 0.3).to(device) for _ in range(V)]
+    _, plan = EntropyMix(grid, select=select, share=share)(views, probs=probs, valid=valid,
+                                                          generator=torch.Generator().manual_seed(seed))
+    cells = torch.stack([F.patch_entropy(torch.zeros(B, H, W, device=device), grid, m, return_valid=True)[1] for m in valid])
+    nonempty_other = cells[1:].any(0) | ~cells.any(0)  # no view has a pixel: all compete alike
+    src = plan.index
+    assert not ((src != 0) & ~cells.gather(0, src[None])[0] & cells.any(0)).any()  # never an empty cell of its view
+    eligible = nonempty_other.flatten(1).sum(1)
+    want = torch.clamp(torch.full_like(eligible, math.floor(share * grid[0] * grid[1] + 0.5)), max=eligible)
+    assert torch.equal((src != 0).flatten(1).sum(1), want)
+
+
+@given(low=st.floats(0, 1), width=st.floats(0, 1), seed=st.integers(0, 2**31 - 1))
+@settings(max_examples=20)
+def test_a_share_range_draws_each_samples_share_from_it(low, width, seed):
+    high = min(1.0, low + width)
+    B, grid = 300, (4, 5)
+    x = [torch.zeros(B, 1, 8, 10), torch.ones(B, 1, 8, 10)]
+    probs = [torch.rand(B, 3, 8, 10, generator=torch.Generator().manual_seed(seed)).softmax(1) for _ in range(2)]
+    _, plan = EntropyMix(grid, share=(low, high))(x, probs=probs, generator=torch.Generator().manual_seed(seed))
+    taken = (plan.index != 0).flatten(1).sum(1)
+    assert (taken >= math.floor(low * 20 + 0.5)).all() and (taken <= math.floor(high * 20 + 0.5)).all()
+    if high - low > 0.3:
+        assert len(taken.unique()) > 3  # drawn per sample
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(B=st.integers(1, 3), size=st.tuples(st.integers(2, 9), st.integers(2, 9), st.integers(2, 9)),
+       share=SHARES, select=st.sampled_from(MODES), seed=st.integers(0, 2**31 - 1))
+def test_share_on_volumes_and_within_batch(B, size, share, select, seed, device):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(B, 1, *size, generator=g).to(device)
+    logits = torch.randn(B, 3, *size, generator=g).to(device)
+    grid = tuple(min(2, n) for n in size)
+    mixer = EntropyMix(grid, select=select, share=share)
+    mixed, plan = mixer([x, x.flip(0)], logits=[logits, logits.flip(0)], generator=torch.Generator().manual_seed(seed))
+    assert ((plan.index != 0).flatten(1).sum(1) == math.floor(share * 8 + 0.5)).all()
+    assert torch.equal(mixed, plan.apply([x, x.flip(0)]))
+    mixed, plan = mixer.within_batch(x, logits=logits, generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(mixed, plan.apply(F.pair_within_batch(x)))
+    if B >= 2:
+        assert not any(torch.equal(mixed[a], mixed[b]) for a in range(B) for b in range(a))
+
+
+@pytest.mark.parametrize("device,amp_dtype", AUTOCAST)
+@given(V=st.integers(2, 3), B=st.integers(1, 2), sg=sizes_and_grid(max_side=24), K=st.integers(2, 5),
+       select=st.sampled_from(MODES), share=SHARES, use_logits=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_share_plans_are_the_same_under_autocast(V, B, sg, K, select, share, use_logits, seed, device, amp_dtype):
+    (H, W), grid = sg
+    views, probs, _ = make_batch(seed, V, B, 1, H, W, K, device=device)
+    maps = {"logits": [q.log() for q in probs]} if use_logits else {"probs": probs}
+    mixer = EntropyMix(grid, select=select, share=share)
+    _, plain = mixer(views, **maps, generator=torch.Generator().manual_seed(seed))
+    with torch.autocast(device, dtype=amp_dtype):
+        _, amp = mixer(views, **maps, generator=torch.Generator().manual_seed(seed))
+    assert plain == amp
+
+
+def test_share_errors_name_the_argument():
+    for bad in (1.5, -0.1, math.nan, (0.5, 0.2), (0.1, 2.0), (0.1,), "half"):
+        with pytest.raises(ValueError, match=r"share must be"):
+            EntropyMix(share=bad)
+    assert EntropyMix(share=(0.1, 0.3)).share == (0.1, 0.3)
+    assert "share=0.25" in repr(EntropyMix(share=0.25)) and "share" not in repr(EntropyMix())
