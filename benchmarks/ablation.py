@@ -12,6 +12,8 @@ seeds, candidates, criteria; ``stats``: t-intervals, p-values, Holm's correction
     python benchmarks/ablation.py --report              # the README section, from the JSON files
     python benchmarks/ablation.py --dataset streets --jobs 2   # the second dataset's study (its own JSON)
     python benchmarks/ablation.py --dataset streets --report   # its README section, beside the shapes verdicts
+    python benchmarks/ablation.py --select-share --jobs 2      # how much versus where: EntropyMix's share, on
+                                                               # streets' calibration seeds (issue 39)
 
 1. **Calibration** trains only the baselines (supervised, UniMatch + CutMix, FixMatch + CutMix) of
    every candidate run size in ``CANDIDATES`` on ``CALIBRATION_SEEDS``, and checks that the runs
@@ -50,7 +52,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study import design  # noqa: E402
 from study.design import *  # noqa: E402,F401,F403  (ablation.SETTINGS and the rest, as before the split)
-from study.phases import _calibration, calibrate, checks, noise, select, summarise  # noqa: E402,F401
+from study.phases import _calibration, calibrate, checks, noise, select, select_share, summarise  # noqa: E402,F401
 from study.report import (calibration_report, markdown, noise_report, pinned_code, pinned_codes, pinned_note, plot,  # noqa: E402,F401
                           report, selection_report, side_by_side, streets_report)
 from study.runs import (RESULTS, ROOT, TRAIN, _load, machine, machines, provenance, run, run_all,  # noqa: E402,F401
@@ -64,6 +66,8 @@ def main(argv=None) -> dict:
     phase = ap.add_mutually_exclusive_group()
     phase.add_argument("--calibrate", action="store_true", help="phase 1: every candidate's baselines (of --dataset)")
     phase.add_argument("--select", action="store_true", help="phase 2: SPEEDLoss's weight on the calibration seeds")
+    phase.add_argument("--select-share", action="store_true",
+                       help="EntropyMix's share against random placement and CutMix, on streets' calibration seeds")
     phase.add_argument("--noise", action="store_true", help="the baselines again: same threads, then other threads")
     phase.add_argument("--report", action="store_true",
                        help="print the README section from the saved JSON files; trains nothing")
@@ -81,6 +85,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--dataset", choices=["shapes", "streets"], default="shapes",
                     help="streets: its own JSON (ablation-streets*.json), seeds and candidates; phase 2 is not rerun")
     args, extra = ap.parse_known_args(argv)  # anything else goes to train.py (e.g. --epochs 20)
+    if args.select_share:  # a phase of the streets benchmark with its own JSON
+        if args.results == RESULTS / "ablation.json":
+            args.results = RESULTS / "share-selection.json"
+        args.seeds = args.seeds or design.SHARE_SELECTION_SEEDS
+        args.extra = (QUICK if args.quick else []) + extra
+        out = select_share(args, provenance(), max(1, (os.cpu_count() or 1) // args.jobs))
+        print(markdown({"table": out["table"], "differences": out["differences"]}))
+        print(f"chosen share: {out['chosen_share']} ({out['finished_runs']} runs finished)")
+        return out
     if args.dataset == "streets":
         if args.select:
             ap.error("--dataset streets: SPEEDLoss keeps the weight selected on shapes; --select does not run again")

@@ -61,6 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="EntropyMix's teacher entropies from inputs at this scale: below 1, a separate forward of the "
                         "weak and mixed-in views, downscaled, replaces adding the weak view to UniMatch's eval forward "
                         "(cheaper; comparable entropies, but of smaller inputs: its effect on accuracy is not measured)")
+    p.add_argument("--share", type=float, default=None,
+                   help="EntropyMix: the fraction of each mixed image's cells taken from the other view (the selection "
+                        "picks which cells); default: whatever the selection picks, about half")
     p.add_argument("--views", type=int, default=2, help="EntropyMix views per mixed image (3: a second mixed-in batch)")
     p.add_argument("--conf-thresh", type=float, default=None,
                    help="pseudo-label confidence threshold (default: UniMatch's 0.95 on real data, 0.8 on shapes, "
@@ -102,10 +105,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--entropy-scale {args.entropy_scale}: a scale in (0, 1]")
     if args.views < 2 or (args.views > 2 and args.mix != "entropymix"):
         p.error(f"--views {args.views}: at least 2, and more than 2 only with --mix entropymix")
+    if args.share is not None and (args.mix != "entropymix" or not 0 <= args.share <= 1):
+        p.error(f"--share {args.share}: a fraction in [0, 1], with --mix entropymix")
     if args.conf_thresh is None:
         args.conf_thresh = 0.8 if args.dataset in ("shapes", "streets") else 0.95
     if args.out_dir is None:
-        tag = "" if args.method == "supervised" else f"-{args.mix}{'-speed' if args.speed else ''}"
+        share = "" if args.share is None else f"-share{args.share:g}"
+        tag = "" if args.method == "supervised" else f"-{args.mix}{share}{'-speed' if args.speed else ''}"
         args.out_dir = f"runs/{args.dataset}-{args.method}{tag}-s{args.seed}"
     ckpt = Path(args.out_dir) / "latest.pth"
     if ckpt.exists() and not (args.resume or args.overwrite):

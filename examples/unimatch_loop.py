@@ -174,8 +174,9 @@ def masked_ce(logits, target, confident, valid):
 def build_mixers(args):
     """Two mixers, one per strong stream (UniMatch's CutMix draws a box per stream)."""
     if args.mix == "entropymix":
-        return (EntropyMix(args.grid, select=args.first_select, check_values=False),
-                EntropyMix(args.grid, select=args.second_select, check_values=False))
+        share = getattr(args, "share", None)  # None: as many cells as the selection picks
+        return (EntropyMix(args.grid, select=args.first_select, check_values=False, share=share),
+                EntropyMix(args.grid, select=args.second_select, check_values=False, share=share))
     if args.mix == "classmix":
         return ClassMix(), ClassMix()
     return CutMix(p=0.5), CutMix(p=0.5)

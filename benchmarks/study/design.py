@@ -87,3 +87,34 @@ STREETS_CANDIDATES = {  # in the order they are to be tried, each only if the on
 CANDIDATES.update(STREETS_CANDIDATES)
 STREETS_STUDY = STREETS_CANDIDATES["streets-w16-c64-l32-u768-e40"][0]  # the calibration's choice (a test holds it)
 STREETS_RARE = ["pole", "sign", "person", "car"]  # the small things whose per-class IoU the study reports
+
+# --- how much versus where: EntropyMix at a fixed share (issue 39) ------------------------------------
+# EntropyMix takes about half of each image under its per-cell selection, CutMix about a tenth: the
+# streets study confounded where the second view goes with how much of it. Fixed here before any
+# of these runs:
+# 1. Selection, on `streets`' calibration seeds only (200-203, already spent on its baselines; no
+#    held-out seed): UniMatch + EntropyMix and random grid placement at each share, SPEEDLoss off,
+#    and UniMatch + CutMix.
+SHARES = (0.1, 0.25, 0.5)
+SHARE_SELECTION_SEEDS = STREETS_CALIBRATION_SEEDS
+SHARE_SETTINGS = {BASELINE: SETTINGS[BASELINE],
+                  **{f"unimatch+entropymix-share{s:g}": SETTINGS["unimatch+entropymix"] + ["--share", str(s)]
+                     for s in SHARES},
+                  **{f"unimatch+grid-random-share{s:g}": SETTINGS["unimatch+grid-random"] + ["--share", str(s)]
+                     for s in SHARES}}
+SHARE_RULE = ("the share whose UniMatch + EntropyMix setting has the best mean score over the selection seeds; "
+              "a smaller share within 0.25 mIoU of that best wins instead (less mixing when the scores cannot "
+              "tell them apart); chosen only once every setting has every seed")
+SHARE_TIE = 0.25
+# 2. Confirmation, on seeds never used (streets 2008-2015, shapes 1008-1015), with the final code:
+#    on streets, UniMatch + CutMix, + EntropyMix at the chosen share, + random grid at that share,
+#    and both with SPEEDLoss; on shapes, UniMatch + CutMix against UniMatch + EntropyMix at that share.
+#    Paired 95% intervals, Holm within each study.
+SHARE_STREETS_SEEDS = list(range(2008, 2016))
+SHARE_SHAPES_SEEDS = list(range(1008, 1016))
+# 3. Defaults follow the evidence: if EntropyMix at the chosen share beats UniMatch + CutMix on both
+#    datasets (Holm-adjusted p below 0.05, interval above 0), the share becomes the example's default
+#    and the README says so; if not, the README says which mixer to use on which kind of data, and why.
+DEFAULT_RULE = ("the chosen share becomes the example's default only if UniMatch + EntropyMix at that share beats "
+                "UniMatch + CutMix on both streets and shapes held-out seeds (Holm-adjusted p < 0.05, 95% interval "
+                "above 0); otherwise the README names the setting to use for each kind of data")

@@ -184,3 +184,35 @@ def noise(args, prov: dict, threads: int) -> dict:
 
 def _chosen_name() -> str:
     return next(c for c, (flags, _) in design.CANDIDATES.items() if flags == design.STUDY)
+
+
+def select_share(args, prov: dict, threads: int) -> dict:
+    """How much versus where, selection (issue 39): EntropyMix and random grid placement at each of
+    ``SHARES``, and UniMatch + CutMix, on `streets`' calibration seeds at its study size; the share
+    by ``SHARE_RULE``, fixed before the runs. Seed-major, so each finished seed pairs every setting."""
+    path = args.results
+    names = design.SHARE_SETTINGS
+    size = design.STREETS_STUDY + list(getattr(args, "extra", []))  # later flags win (a smoke run's sizes)
+    jobs = [(n, flags, s, size, threads) for s in args.seeds for n, flags in names.items()]
+    comparisons = [(f"unimatch+entropymix-share{s:g}", f"unimatch+grid-random-share{s:g}") for s in design.SHARES]
+
+    def save(done) -> dict:
+        summary = summarise(done, names, args.seeds, args.score_epochs, comparisons)
+        table = summary["table"]
+        complete = all(len(table.get(n, {}).get("seeds", [])) == len(args.seeds) for n in names)
+        means = {s: table[f"unimatch+entropymix-share{s:g}"]["mean"] for s in design.SHARES
+                 if f"unimatch+entropymix-share{s:g}" in table}
+        chosen = None
+        if complete:
+            best = max(means.values())
+            chosen = min(s for s, m in means.items() if m >= best - design.SHARE_TIE)
+        out = {"phase": "share selection (issue 39)", "seeds": args.seeds, "args": size,
+               "settings": {n: f for n, f in names.items()}, "provenance": prov, "threads": threads,
+               "score": f"mean validation mIoU of the last {args.score_epochs} epochs",
+               "rule": design.SHARE_RULE, "default_rule": design.DEFAULT_RULE, **summary,
+               "finished_runs": len(done), "chosen_share": chosen}
+        path.write_text(json.dumps(out, indent=1))
+        return out
+
+    run_all(jobs, args.out_root / "share-selection", path.with_name(path.stem + "-runs"), prov, args.jobs, save)
+    return _load(path)
