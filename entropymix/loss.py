@@ -276,6 +276,25 @@ class SPEEDLoss(nn.Module):
                 student_features: Optional[Tensor] = None, teacher_features: Optional[Tensor] = None,
                 valid: Optional[Tensor] = None, *,
                 return_terms: bool = False) -> Union[Tensor, Tuple[Tensor, Dict[str, Tensor]]]:
+        """``feature_weight * L_rel + logit_weight * L_kd``; call the module (``crit(...)``), not this.
+
+        Args:
+            student_logits: ``(B, K, h, w)`` (or ``(B, K, x, y, z)``) logits of the student on the
+                mixed (strong) view; ``None`` when ``logit_weight=0``.
+            teacher_logits: the same shape, the model on the weak views mixed by the same plan;
+                detached here.
+            student_features: ``(B, D_s, h', w')`` decoder features of the student; ``None`` when
+                ``feature_weight=0``.
+            teacher_features: ``(B, D_t, h', w')``, mixed by the same plan; detached here. ``D_t``
+                may differ from ``D_s``.
+            valid: optional bool mask ``(B, h'', w'')`` or an integer label map (``ignore_index``
+                pixels are left out), at any resolution.
+            return_terms: also return ``{"relation": L_rel, "logit": L_kd}`` (the terms in use).
+
+        Returns:
+            The scalar loss (float32; float64 for float64 inputs), and the terms with
+            ``return_terms``.
+        """
         terms: Dict[str, Tensor] = {}
         total: Optional[Tensor] = None
         if self.feature_weight > 0:
@@ -298,3 +317,12 @@ class SPEEDLoss(nn.Module):
             total = kd if total is None else total + kd
         assert total is not None
         return (total, terms) if return_terms else total
+
+    def __call__(self, student_logits: Optional[Tensor], teacher_logits: Optional[Tensor],
+                 student_features: Optional[Tensor] = None, teacher_features: Optional[Tensor] = None,
+                 valid: Optional[Tensor] = None, *,
+                 return_terms: bool = False) -> Union[Tensor, Tuple[Tensor, Dict[str, Tensor]]]:
+        """``crit(student_logits, teacher_logits, student_features=None, teacher_features=None,
+        valid=None, *, return_terms=False)``: see :meth:`forward` (hooks run as for any ``nn.Module``)."""
+        return super().__call__(student_logits, teacher_logits, student_features, teacher_features, valid,
+                                return_terms=return_terms)

@@ -173,8 +173,34 @@ class _Mixer(nn.Module):
                 logits: Optional[Sequence[Tensor]] = None,
                 valid: Optional[Sequence[Optional[Tensor]]] = None,
                 generator: Optional[torch.Generator] = None) -> Tuple[Tensor, MixPlan]:
+        """Mix ``views`` and return ``(mixed, plan)``; call the module (``mixer(views, ...)``), not this.
+
+        Args:
+            views: V tensors ``(B, C, H, W)`` (or volumes ``(B, C, X, Y, Z)``) of one shape, dtype
+                and device; view 0 is the image mixed into (an unmixed sample is view 0).
+            probs: V teacher probability maps ``(B, K, h, w)``, any resolution (the grid rule
+                places them); or pass ``logits=`` instead. Mixers that ignore predictions accept
+                and ignore them.
+            logits: V teacher logit maps, instead of ``probs``.
+            valid: V optional masks ``(B, h', w')``: bool, or integer label maps whose
+                ``ignore_index`` pixels are invalid; entries may be ``None``.
+            generator: the random source of every draw (``torch.Generator``), for replayable plans.
+
+        Returns:
+            ``mixed``, shaped like ``views[0]``, every pixel (voxel) the same pixel of one view, and
+            the :class:`MixPlan` that replays the mix on labels, confidences, masks and features
+            (``plan.apply([...])``).
+        """
         plan = self._plan(views, probs, logits, valid, generator)
         return plan.apply(views), plan
+
+    def __call__(self, views: Sequence[Tensor], probs: Optional[Sequence[Tensor]] = None, *,
+                 logits: Optional[Sequence[Tensor]] = None,
+                 valid: Optional[Sequence[Optional[Tensor]]] = None,
+                 generator: Optional[torch.Generator] = None) -> Tuple[Tensor, MixPlan]:
+        """``mixer(views, probs=None, *, logits=None, valid=None, generator=None) -> (mixed, plan)``:
+        see :meth:`forward` (hooks run as for any ``nn.Module``)."""
+        return super().__call__(views, probs, logits=logits, valid=valid, generator=generator)
 
     def within_batch(self, x: Tensor, probs: Optional[Tensor] = None, *, logits: Optional[Tensor] = None,
                      valid: Optional[Tensor] = None,

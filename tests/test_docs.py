@@ -1,6 +1,7 @@
 """The examples in the package's docstrings run, as doctests, with the rest of the suite."""
 
 import doctest
+import inspect
 
 import pytest
 
@@ -25,3 +26,16 @@ def test_every_public_name_has_a_docstring_and_the_classes_show_an_example():
     for cls in (entropymix.EntropyMix, entropymix.CutMix, entropymix.ClassMix, entropymix.SPEEDLoss,
                 entropymix.FeatureTap):
         assert ">>>" in cls.__doc__, cls.__name__
+
+
+def test_help_shows_the_call_and_forward_of_every_module():
+    """``help(SPEEDLoss.forward)``, ``help(mixer)`` and friends show our signatures and words, not
+    torch's generic ``nn.Module`` text."""
+    from entropymix import ClassMix, CutMix, EntropyMix, SPEEDLoss
+    for cls in (EntropyMix, CutMix, ClassMix, SPEEDLoss):
+        for name in ("__call__", "forward"):
+            method = getattr(cls, name)
+            doc = inspect.getdoc(method) or ""
+            assert doc and "Define the computation" not in doc and ("Returns" in doc or ":meth:`forward`" in doc), (cls.__name__, name)
+            params = inspect.signature(method).parameters
+            assert ("views" in params) if cls is not SPEEDLoss else ("student_logits" in params), (cls.__name__, name)
