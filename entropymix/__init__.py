@@ -10,7 +10,7 @@ from .loss import SPEEDLoss, logit_distillation, relation_distillation
 from .mix import ClassMix, CutMix, EntropyMix, MixPlan
 from .tap import FeatureTap
 
-__version__ = "0.2.0"  # the one place the version is set (setup.cfg reads it); see CHANGELOG.md
+__version__ = "0.3.0"  # the one place the version is set (setup.cfg reads it); see CHANGELOG.md
 
 __all__ = [
     "EntropyMix", "CutMix", "ClassMix", "MixPlan", "SPEEDLoss", "FeatureTap", "relation_distillation", "logit_distillation",

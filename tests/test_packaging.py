@@ -54,6 +54,8 @@ def test_wheel_and_sdist_build_pass_twine_and_the_wheel_works_in_a_fresh_venv(tm
     assert "entropymix/py.typed" in names and not any(n.startswith(("tests/", "examples/", "benchmarks/")) for n in names)
     members = tarfile.open(sdist).getnames()
     assert f"entropymix-{version}/entropymix/py.typed" in members and f"entropymix-{version}/LICENSE" in members
+    # no tests in the sdist: they cannot run without the repository around them (MANIFEST.in says why)
+    assert not any(m.startswith(f"entropymix-{version}/tests") for m in members), members
 
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
