@@ -34,8 +34,11 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="train_volumes.py", description=DESCRIPTION, formatter_class=_Formatter)
     p.add_argument("--mix", choices=["cutmix", "entropymix"], default="entropymix",
-                   help="copy-paste by EntropyMix (teacher entropy per cell), or BCP's cuboid (CutMix share=2/3, shared)")
+                   help="copy-paste by EntropyMix (teacher entropy per cell), or BCP's cuboid (CutMix.bcp: 2/3 of each axis, shared)")
     p.add_argument("--grid", type=int, nargs=3, default=[4, 4, 4], metavar=("G1", "G2", "G3"), help="EntropyMix grid")
+    p.add_argument("--share", type=float, default=None,
+                   help="EntropyMix: the fraction of cells each direction pastes from the other volume (BCP's cube: "
+                        "0.296, 8/27); default: whatever the selection picks, which may be a whole volume")
     p.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True, help="add SPEEDLoss")
     p.add_argument("--speed-weight", type=float, default=0.5, help="weight of SPEEDLoss in the total loss")
     p.add_argument("--u-weight", type=float, default=0.5, help="BCP's weight of the pasted (pseudo-labeled) region")
@@ -61,6 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--batch-size {args.batch_size}: an even number >= 2 (BCP splits every batch in two halves)")
     if min(args.size) < 4 or any(g > s for g, s in zip(args.grid, args.size)):
         p.error(f"--size {args.size} / --grid {args.grid}: sizes of at least 4, grids no larger than the sizes")
+    if args.share is not None and (args.mix != "entropymix" or not 0 <= args.share <= 1):
+        p.error(f"--share {args.share}: a fraction in [0, 1], with --mix entropymix")
     if args.num_labeled < args.batch_size or args.num_unlabeled < args.batch_size:
         p.error("--num-labeled and --num-unlabeled must each hold at least one batch")
     if args.out_dir is None:

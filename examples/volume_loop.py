@@ -166,8 +166,8 @@ def make_mixer(args):
     """``--mix entropymix``: EntropyMix on ``--grid`` cells; ``--mix cutmix``: BCP's own cuboid
     (:meth:`CutMix.bcp`: 2/3 of every axis, one cube shared by the batch, drawn as BCP's
     ``context_mask`` draws it)."""
-    if args.mix == "entropymix":
-        return EntropyMix(tuple(args.grid), check_values=False)
+    if args.mix == "entropymix":  # --share: as much in each direction, placed by entropy
+        return EntropyMix(tuple(args.grid), check_values=False, share=getattr(args, "share", None))
     return CutMix.bcp(2 / 3)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from entropymix import CutMix
+from entropymix import CutMix, EntropyMix
 from patching import apply, check_files, have_tools, single_process_gpu_free, tools_accept
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,7 +101,9 @@ def test_git_apply_and_gnu_patch_accept_the_patch_on_the_stand_in(tmp_path):
 
 def bcp_form(source):
     """The two edits examples/BCP.md names for BCP's own copy-paste: its cuboid, one for both directions."""
-    source = source.replace('EntropyMix(grid=(4, 4, 4), select="max")', "CutMix.bcp(args.mask_ratio)")
+    old = 'EntropyMix(grid=(4, 4, 4), select="max", share=args.mask_ratio ** 3)'
+    assert source.count(old) == 1
+    source = source.replace(old, "CutMix.bcp(args.mask_ratio)")
     old = "mixu_img, plan_u = mixer([unimg_b, img_b], logits=[unoutput_b, output_b])"
     assert source.count(old) == 1
     return source.replace(old, "mixu_img, plan_u = plan_l.apply([unimg_b, img_b]), plan_l")
@@ -133,6 +135,8 @@ def test_two_bcp_steps_copy_paste_both_ways_and_distil_decoder_features(mixer, m
         assert torch.equal(step["mixl_lab"], torch.where(plan_l.source_map() == 0, step["lab_a"], step["plab_a"]))
         assert torch.equal(step["mixu_lab"], torch.where(plan_u.source_map() == 0, step["plab_b"], step["lab_b"]))
         assert torch.equal(step["loss_mask_l"], (plan_l.source_map() == 0).long())
+        if mixer == "entropymix":  # as much as BCP's cube in each direction, never a whole-volume swap
+            assert all(int((p.index != 0).sum()) == 19 for p in (plan_l, plan_u))
         # decoder features at full resolution, the student's with their graph, the teacher's without
         for name in ("feats_l", "feats_u", "feat_a", "feat_b", "unfeat_a", "unfeat_b"):
             assert step[name].shape == (1, 16, *SIZE), (name, step[name].shape)
@@ -188,3 +192,17 @@ def test_cutmix_bcp_draws_context_masks_cubes(size):
         if positions > 1:
             chi2 = float((((a - b) ** 2) / (a + b)).sum())
             assert chi2 < chi2_critical(positions - 1), (d, a, b)
+
+
+def test_a_share_keeps_both_directions_a_copy_paste_with_a_near_uniform_teacher():
+    """BCP's form of EntropyMix: with a teacher unsure everywhere (nearly uniform logits) the
+    per-cell selection hands a whole volume to one view; a share pastes as much as BCP's cube."""
+    g = torch.Generator().manual_seed(0)
+    img, unimg = torch.rand(2, 1, 16, 16, 12, generator=g), torch.rand(2, 1, 16, 16, 12, generator=g)
+    # the unlabeled view's teacher a hair less sure everywhere, as an untrained teacher may be
+    sure, unsure = torch.randn(2, 2, 16, 16, 12, generator=g) * 1e-3, torch.zeros(2, 2, 16, 16, 12)
+    _, swap = EntropyMix((4, 4, 4))([img, unimg], logits=[sure, unsure])
+    assert bool((swap.index == 1).all())  # the whole volume from the other view: no copy-paste left
+    _, plan = EntropyMix((4, 4, 4), share=(2 / 3) ** 3)([img, unimg], logits=[sure, unsure],
+                                                       generator=torch.Generator().manual_seed(0))
+    assert ((plan.index != 0).flatten(1).sum(1) == 19).all()  # 19 of 64 cells, 30%: BCP's 8/27

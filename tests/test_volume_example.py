@@ -162,7 +162,11 @@ def test_cutmix_is_bcps_shared_cube_and_entropymix_its_grid():
         assert all(int(where[:, d].max()) < n - 1 for d, n in enumerate((12, 12, 9)))     # never at the far edge
     args = train_volumes.parse_args(TINY + ["--mix", "entropymix", "--out-dir", "unused"])
     mixer = volume_loop.make_mixer(args)
-    assert isinstance(mixer, EntropyMix) and mixer.grid == (2, 2, 2)
+    assert isinstance(mixer, EntropyMix) and mixer.grid == (2, 2, 2) and mixer.share is None
+    args = train_volumes.parse_args(TINY + ["--share", "0.25", "--out-dir", "unused"])
+    plan = volume_loop.make_mixer(args)([torch.zeros_like(ones), ones], logits=[torch.zeros(4, 2, 12, 12, 9)] * 2,
+                                        generator=torch.Generator().manual_seed(0))[1]
+    assert ((plan.index != 0).flatten(1).sum(1) == 2).all()  # 2 of the 8 cells, in every volume
 
 
 def reference_region_loss(logits, target, region):
