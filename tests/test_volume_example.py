@@ -98,6 +98,11 @@ def test_readme_states_the_default_run_as_saved():
     defaults, saved = vars(train_volumes.parse_args(["--overwrite"])), dict(result["args"])
     for key in ("overwrite", "resume", "no_progress"):  # switches that change nothing computed
         defaults.pop(key), saved.pop(key)
+    # switches added after the run, whose defaults compute what the run computed (share=None: the
+    # per-cell selection, unchanged bit for bit)
+    for key, then in {"share": None}.items():
+        if key not in saved:
+            assert defaults.pop(key) == then, key
     assert saved == defaults  # the run the README reads is the default one
     assert run_summary(result) in (EXAMPLES.parent / "README.md").read_text()
 
