@@ -78,15 +78,26 @@ def _check_logits(logits: Tensor) -> Tuple[Tensor, Tensor]:
     ``amax`` propagates NaN), and pixels whose "logits" look like probabilities (every entry in
     ``[0, 1]``, summing to 1): a map of those is almost surely ``probs`` passed as ``logits=``."""
     high = logits.amax(1)
-    looks = (logits.amin(1) >= 0) & (high <= 1) & ((logits.sum(1) - 1).abs() <= SIMPLEX_TOLERANCE)
-    return ~torch.isfinite(high), looks
+    return ~torch.isfinite(high), _looks_like_probs(logits, high)
 
 
-def _logits_entropy(logits: Tensor) -> Tensor:
-    """Entropy of ``softmax(logits)`` over dim 1."""
+def _looks_like_probs(logits: Tensor, high: Optional[Tensor] = None) -> Tensor:
+    """``(B, h, w)`` bool: every entry in ``[0, 1]`` and the row summing to 1 (within the tolerance)."""
+    high = logits.amax(1) if high is None else high
+    return (logits.amin(1) >= 0) & (high <= 1) & ((logits.sum(1) - 1).abs() <= SIMPLEX_TOLERANCE)
+
+
+def _logits_entropy(logits: Tensor, return_bad: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """Entropy of ``softmax(logits)`` over dim 1; with ``return_bad``, also the ``(B, h, w)`` bool map
+    of rows failing the value check (NaN, ``+inf`` or only ``-inf``: exactly the rows whose
+    log-softmax is NaN, read off one class rather than from another pass over the logits)."""
     logp = torch.log_softmax(logits.float(), dim=1)
-    # -sum p log p, written so that p = 0 (logit -inf) contributes 0, not 0 * -inf = NaN.
-    return torch.where(logp > -math.inf, -logp.exp() * logp, 0.0).sum(1)
+    # -sum p log p, with p = 0 (a logit of -inf) contributing 0, not 0 * -inf = NaN: the product is
+    # made in place and its NaNs (those, and a failing row's, which the check reports) zeroed, the
+    # same values bit for bit as where(logp > -inf, -p * logp, 0) without two more full-size passes.
+    plogp = logp.exp().mul_(logp).nan_to_num_(nan=0.0)
+    ent = plogp.sum(1).neg_().add_(0.0)  # + 0.0: a zero entropy is +0, as before, not -0
+    return (ent, torch.isnan(logp[:, 0])) if return_bad else ent
 
 
 # The eager path works through the batch in chunks of about this many elements: the same
@@ -102,20 +113,27 @@ def _eager_stats(kind: str, x: Tensor, check_values: bool, chunk: Optional[int] 
     the bool map of pixels failing the value check and (logits only) the map of pixels that look
     like probabilities (:func:`_check_logits`); ``chunk`` elements at a time."""
     rows = max(1, (chunk or EAGER_CHUNK) // max(1, math.prod(x.shape[1:])))
-    ents, bads, looks = [], [], []
+    ents, bads = [], []
     for c in x.split(rows):
         c = c.float()
         if kind == "probs":
-            ents.append(torch.special.entr(c).sum(1))
+            ent = torch.special.entr(c).sum(1)
+            ents.append(ent)
             if check_values:
-                bads.append(_bad_probs(c.sum(1), c.amin(1)))
+                # entr() is -inf at a negative or infinite entry and NaN at a NaN: the entropy's own
+                # non-finite values are those rows (ent - ent is NaN exactly there), so only the row
+                # sums take another pass
+                bads.append((ent - ent).ne(0) | ((c.sum(1) - 1).abs() > SIMPLEX_TOLERANCE))
+        elif check_values:
+            ent, bad = _logits_entropy(c, return_bad=True)
+            ents.append(ent), bads.append(bad)
         else:
             ents.append(_logits_entropy(c))
-            if check_values:
-                bad, look = _check_logits(c)
-                bads.append(bad), looks.append(look)
-    return (torch.cat(ents), torch.cat(bads) if check_values else None,
-            torch.cat(looks) if check_values and kind == "logits" else None)
+    # Probabilities passed as logits= are judged on the first sample: a cheap read, and conclusive
+    # (real logits with every row in [0, 1] summing to 1 over a whole sample do not happen).
+    looks = _looks_like_probs(x[:1].float()) if check_values and kind == "logits" else None
+    cat = lambda ts: ts[0] if len(ts) == 1 else torch.cat(ts)  # noqa: E731  (one chunk: no copy)
+    return cat(ents), cat(bads) if check_values else None, looks
 
 
 # --- the opt-in compiled kernel -----------------------------------------------------------------
@@ -260,8 +278,9 @@ def _entropies(kind: str, names: Sequence[str], maps: Sequence[Tensor], masks: S
             ents.append(ent)
             if check_values:
                 bads.append(bad if mask is None else bad & mask)
-            if check_values and look is not None:
-                looks.append(look.all() if mask is None else (look | ~mask).all() & mask.any())
+            if check_values and look is not None:  # judged where the map's pixels are valid
+                m = None if mask is None else mask[:look.shape[0]]
+                looks.append(look.all() if m is None else (look | ~m).all() & m.any())
     if check_values:
         _raise_if_bad(kind, names, maps, bads, looks)
     return ents
@@ -416,20 +435,31 @@ def patch_entropy(entropy: Tensor, grid: Grid, valid: Optional[Tensor] = None, *
         if mask.device != entropy.device:
             raise ValueError(f"valid is on {mask.device} but entropy is on {entropy.device}")
         mask = resize_nearest(mask, size)
+    means, nonempty = _cell_means(entropy, _assignments(size, grid, entropy.device), mask)
+    if return_valid and nonempty is None:
+        nonempty = torch.ones_like(means, dtype=torch.bool)
+    return (means, nonempty) if return_valid else means
+
+
+def _assignments(size: Sequence[int], grid: Sequence[int], device: torch.device) -> List[Tensor]:
+    """The ``(g, n)`` cell-assignment matrix of every axis (see :func:`_assignment`)."""
+    return [_assignment(n, g, device) for n, g in zip(size, grid)]
+
+
+def _cell_means(entropy: Tensor, assign: Sequence[Tensor], mask: Optional[Tensor],
+                counts: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+    """Cell means of a checked entropy map over its valid pixels (``mask``: bool at its resolution, or
+    None) and the bool map of non-empty cells (None without a mask); ``counts``: the pixels per cell
+    when there is no mask, if already known. Float32 whatever autocast says."""
     with _float32_math(entropy.device):
         # where, not a product: a NaN or inf at an invalid pixel must not reach its cell.
         ent = entropy.float() if mask is None else torch.where(mask, entropy.float(), 0.0)
-        assign = [_assignment(m, g, entropy.device) for m, g in zip(size, grid)]   # (g, m) per axis
         sums = _cell_sums(ent, assign)
         if mask is None:
-            counts = _outer([a.sum(1) for a in assign])
-            means = sums / counts
-            nonempty = torch.ones_like(means, dtype=torch.bool)
-        else:
-            counts = _cell_sums(mask.float(), assign)
-            nonempty = counts > 0
-            means = sums / counts.clamp_min(1)
-    return (means, nonempty) if return_valid else means
+            counts = _outer([a.sum(1) for a in assign]) if counts is None else counts
+            return sums / counts, None
+        counts = _cell_sums(mask.float(), assign)
+        return sums / counts.clamp_min(1), counts > 0
 
 
 # ----------------------------------------------------------------------------------------------

@@ -155,6 +155,7 @@ class _Mixer(nn.Module):
     """
 
     two_views = False        # CutMix and ClassMix take exactly 2 views
+    draws_p = False          # CutMix draws p with its boxes (UniMatch's statistics), in _index
     repr_fields: Tuple[str, ...] = ("p",)
 
     def __init__(self, p: float, ignore_index: int = 255) -> None:
@@ -236,12 +237,16 @@ class _Mixer(nn.Module):
             False
         """
         x = validate.tensor("x", x, ndim=(4, 5), volumes=True)
-        pair = F.pair_within_batch
-        plan = self._plan(pair(x), None if probs is None else pair(validate.tensor("probs", probs)),
-                          None if logits is None else pair(validate.tensor("logits", logits)),
-                          None if valid is None else pair(validate.tensor("valid", valid)), generator)
-        plan = MixPlan(F.distinct_within_batch(plan.index), 2, plan.size, False)
-        return plan.apply(pair(x)), plan
+        views = F.pair_within_batch(x)
+        maps, kind = validate.pick_maps(probs, logits, self.needs_predictions())
+        maps = None if maps is None else [validate.tensor(kind, maps)]
+        valid = None if valid is None else [validate.tensor("valid", valid)]
+        # The partner's maps and masks are the batch's, rolled: passed once, the mixer rolls what it
+        # derives from them (EntropyMix: the cell entropies, not the maps).
+        index = self._index(views, maps, kind, valid, generator, partner=True)
+        index = index if self.draws_p else _keep_unmixed(index, self.p, generator)
+        plan = MixPlan(F.distinct_within_batch(index), 2, tuple(x.shape[2:]), False)
+        return plan.apply(views), plan
 
     def _plan(self, views, probs, logits, valid, generator) -> MixPlan:
         B, _, *S = validate.views(views, exactly=type(self).__name__ if self.two_views else None)
@@ -250,8 +255,16 @@ class _Mixer(nn.Module):
         return MixPlan(_keep_unmixed(index, self.p, generator), len(views), tuple(S), False)
 
     def _index(self, views: Sequence[Tensor], maps: Optional[Sequence[Tensor]], kind: str,
-               valid: Optional[Sequence[Optional[Tensor]]], generator: Optional[torch.Generator]) -> Tensor:
+               valid: Optional[Sequence[Optional[Tensor]]], generator: Optional[torch.Generator],
+               partner: bool = False) -> Tensor:
+        """The plan's index. ``partner`` (``within_batch``): ``maps`` and ``valid`` hold the first
+        view's only; the second view's are those rolled by one sample (:func:`pair_within_batch`)."""
         raise NotImplementedError
+
+    @staticmethod
+    def _paired(seq: Optional[Sequence[Tensor]], partner: bool) -> Optional[Sequence[Tensor]]:
+        """``seq`` with the partner's entry made (rolled) where only the first view's was given."""
+        return F.pair_within_batch(seq[0]) if partner and seq is not None else seq
 
     def _valid_masks(self, valid: Optional[Sequence[Optional[Tensor]]], maps: Sequence[Tensor], kind: str,
                      only: Optional[int] = None) -> List[Optional[Tensor]]:
@@ -349,7 +362,7 @@ class EntropyMix(_Mixer):
     def needs_predictions(self) -> Optional[str]:
         return None if self.select == "random" else f"select={self.select!r}"
 
-    def _index(self, views, maps, kind, valid, generator) -> Tensor:
+    def _index(self, views, maps, kind, valid, generator, partner=False) -> Tensor:
         V, (B, _, *S), device = len(views), views[0].shape, views[0].device
         grid = validate.dims("grid", self.grid, len(S))  # an int: that many cells on every spatial axis
         axes = "(H, W)" if len(S) == 2 else "(X, Y, Z)"
@@ -358,17 +371,27 @@ class EntropyMix(_Mixer):
         if self.select == "random":
             return F.select_views(torch.zeros(V, B, *grid, device=device), "random", generator=generator,
                                   share=self.share)
-        maps = validate.maps(kind, maps, V, B, device, spatial=len(S))
+        n = 1 if partner else V  # within_batch: the partner's maps are the first view's, rolled
+        maps = validate.maps(kind, maps, n, B, device, spatial=len(S))
         s = tuple(maps[0].shape[2:])
-        if any(g > n for g, n in zip(grid, s)):
+        if any(g > m for g, m in zip(grid, s)):
             raise ValueError(f"grid {grid} is larger than {kind} maps {axes.lower()} = {s}")
         masks = self._valid_masks(valid, maps, kind)
         # One read of each map (entropy and value checks together), one synchronisation for all views.
-        ents = F._entropies(kind, [f"{kind}[{v}]" for v in range(V)], maps, masks, self.check_values)
-        cells, nonempty = zip(*(F.patch_entropy(e, grid, m, return_valid=True) for e, m in zip(ents, masks)))
-        cell_valid = torch.stack(nonempty) if any(m is not None for m in masks) else None
-        return F.select_views(torch.stack(cells), self.select, self.temperature, generator, valid=cell_valid,
-                              share=self.share)
+        names = [kind] if partner else [f"{kind}[{v}]" for v in range(V)]
+        ents = F._entropies(kind, names, maps, masks, self.check_values)
+        assign = F._assignments(s, grid, device)  # the cells, once for every view
+        counts = F._outer([a.sum(1) for a in assign]) if any(m is None for m in masks) else None
+        cells, nonempty = zip(*(F._cell_means(e, assign, m, counts) for e, m in zip(ents, masks)))
+        cells = torch.stack(cells)
+        cell_valid = None
+        if any(m is not None for m in masks):
+            cell_valid = torch.stack([torch.ones_like(c, dtype=torch.bool) if v is None else v
+                                      for c, v in zip(cells, nonempty)])
+        if partner:  # the partner's cells: the batch's, rolled by one sample
+            cells = torch.cat([cells, cells.roll(1, 1)])
+            cell_valid = None if cell_valid is None else torch.cat([cell_valid, cell_valid.roll(1, 1)])
+        return F.select_views(cells, self.select, self.temperature, generator, valid=cell_valid, share=self.share)
 
 
 class CutMix(_Mixer):
@@ -402,6 +425,7 @@ class CutMix(_Mixer):
     """
 
     two_views = True
+    draws_p = True
     repr_fields = ("p", "size_min", "size_max", "ratio")
 
     def __init__(self, p: float = 0.5, size_min: float = 0.02, size_max: float = 0.4,
@@ -427,7 +451,7 @@ class CutMix(_Mixer):
         """
         return cls(p=1.0, share=mask_ratio, shared=True, far_edge=False)
 
-    def _index(self, views, maps, kind, valid, generator) -> Tensor:
+    def _index(self, views, maps, kind, valid, generator, partner=False) -> Tensor:
         B, _, *S = views[0].shape
         # p is applied here, with UniMatch's statistics, so the base class keeps every box.
         return F.cutmix_boxes(B, S, self.p, self.size_min, self.size_max, self.ratio, share=self.share,
@@ -477,8 +501,9 @@ class ClassMix(_Mixer):
     def needs_predictions(self) -> Optional[str]:
         return "ClassMix"
 
-    def _index(self, views, maps, kind, valid, generator) -> Tensor:
+    def _index(self, views, maps, kind, valid, generator, partner=False) -> Tensor:
         B, device = views[0].shape[0], views[0].device
+        maps, valid = self._paired(maps, partner), self._paired(valid, partner)
         maps = validate.sequence(kind, maps, 2)
         pred = validate.prediction(f"{kind}[1]", maps[1], B, device, spatial=views[0].dim() - 2)
         mask = self._valid_masks(valid, [pred, pred], kind, only=1)[1]

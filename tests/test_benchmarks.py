@@ -342,3 +342,17 @@ def test_a_calibration_on_other_code_stands_only_when_both_codes_give_the_record
     assert "stands for the study" in report._calibration_code_note(cal("aaa"), study("bbb"))
     assert "may not suit" in report._calibration_code_note(cal("aaa"), study("ccc"))
     assert "may not suit" in report._calibration_code_note(cal("ccc"), study("bbb"))
+
+
+def test_traffic_counts_ops_and_bytes_against_the_floor(capsys):
+    """The byte/op benchmark's smoke run, with generous bounds on what it measures (device-independent,
+    so a bound holds on any machine): the default EntropyMix call stays within 4x the floor in bytes
+    and 100 ATen ops, and BCP's cube with its replays moves no more than BCP's own blends."""
+    import traffic
+    cases = traffic.main(["--quick"])["cases"]
+    assert "| call | ATen ops | MB moved | floor MB | x floor |" in capsys.readouterr().out
+    for dims in ("2-D", "3-D"):
+        default = cases[f"{dims}: EntropyMix() on probabilities (checks on: the default)"]
+        assert default["x_floor"] < 4 and default["ops"] <= 100, (dims, default["x_floor"], default["ops"])
+        assert cases[f"{dims}: EntropyMix().within_batch on probabilities"]["x_floor"] < 4
+    assert cases["BCP step: CutMix.bcp() and plan replays"]["x_bcp"] <= 1.1

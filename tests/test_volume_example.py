@@ -193,6 +193,8 @@ def test_bcp_loss_equals_the_bidirectional_copy_paste_computed_independently():
     and features mixed by the regions."""
     torch.manual_seed(0)
     model, teacher = volume_loop.UNet3D(4, width=4).eval(), volume_loop.UNet3D(4, width=4).eval()
+    with torch.no_grad():  # a teacher whose argmax varies from voxel to voxel (an untrained one picks one class)
+        teacher.classifier.weight.mul_(40)
     g = torch.Generator().manual_seed(1)
     img_l, img_u = torch.rand(4, 1, 8, 8, 6, generator=g), torch.rand(4, 1, 8, 8, 6, generator=g)
     lab_l = torch.randint(0, 4, (4, 8, 8, 6), generator=g)
@@ -212,6 +214,7 @@ def test_bcp_loss_equals_the_bidirectional_copy_paste_computed_independently():
     mixl, mixu = pick(from_u, img_a, unimg_a), pick(from_l, unimg_b, img_b)
     (out_l, fe_l), (out_u, fe_u) = model(mixl), model(mixu)
     plab_a, plab_b = t_ua.argmax(1), t_ub.argmax(1)
+    assert not torch.equal(plab_a, plab_b) and len(plab_a.unique()) > 1  # pseudo-labels that tell the halves apart
     u = 0.3
     ref_l = reference_region_loss(out_l, lab_a, ~from_u) + u * reference_region_loss(out_l, plab_a, from_u)
     ref_u = u * reference_region_loss(out_u, plab_b, ~from_l) + reference_region_loss(out_u, lab_b, from_l)
