@@ -105,7 +105,7 @@ DEFECTS = [
      "ent = torch.where(torch.isnan(total), math.nan, torch.where(low < 0, -math.inf, ent))",
      "ent = torch.where(low < 0, -math.inf, ent)"),
     ("entropy: logits -inf gives NaN", "functional.py",
-     "plogp = logp.exp().mul_(logp).nan_to_num_(nan=0.0)", "plogp = logp.exp().mul_(logp)"),
+     "ent = torch.nansum(logp.exp().mul_(logp), 1)", "ent = torch.sum(logp.exp().mul_(logp), 1)"),
     ("entropy: chunks drop the last rows", "functional.py", "for c in x.split(rows):", "for c in x.split(rows)[:max(1, (x.shape[0] - 1) // rows)]:"),
     ("entropy: chunk rows from the whole tensor", "functional.py",
      "rows = max(1, (chunk or EAGER_CHUNK) // max(1, math.prod(x.shape[1:])))",

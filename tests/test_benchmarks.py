@@ -227,6 +227,8 @@ def test_readme_benchmark_sections_are_generated_from_the_saved_json():
     readme = (BENCH.parent / "README.md").read_text()
     results = BENCH / "results"
     assert speed.report(json.loads((results / "speed-cpu.json").read_text())) in readme
+    import traffic
+    assert traffic.report(json.loads((results / "traffic.json").read_text())) in readme  # ops and bytes
     assert speed.cuda_report_from(results) in readme  # the GPU check's figures
     study = ablation.report(ablation._load(results / "ablation.json") or None,
                             json.loads((results / "ablation-calibration.json").read_text()))
