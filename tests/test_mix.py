@@ -898,8 +898,8 @@ def test_every_view_is_checked_for_dtype_not_only_the_first_two(mixer, odd):
 
 @pytest.mark.parametrize("device", DEVICES)
 @given(B=st.integers(2, 5), sg=sizes_and_grid(max_side=16), K=st.integers(2, 4), div=st.sampled_from([1, 2]),
-       seed=st.integers(0, 2**31 - 1))
-def test_within_batch_rolls_the_partners_valid_mask_with_the_partner(B, sg, K, div, seed, device):
+       select=st.sampled_from(["max", "min", "sample"]), seed=st.integers(0, 2**31 - 1))
+def test_within_batch_rolls_the_partners_valid_mask_with_the_partner(B, sg, K, div, select, seed, device):
     """The partner's mask travels with the partner: the plan is the one made from explicitly rolled
     views, maps and masks, and a cell with no valid pixel in the partner is never taken from it
     while the sample's own cell has one."""
@@ -907,11 +907,13 @@ def test_within_batch_rolls_the_partners_valid_mask_with_the_partner(B, sg, K, d
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(B, 2, H, W, generator=g).to(device)
     probs = torch.rand(B, K, H, W, generator=g).softmax(1).to(device)
-    valid = (torch.rand(B, -(-H // div), -(-W // div), generator=g) < 0.4).to(device)
-    mixer = EntropyMix(grid, select="max")
-    _, plan = mixer.within_batch(x, probs, valid=valid)
+    # per sample, no valid pixel, a few, or many: cells empty in one sample and not in its partner
+    density = torch.tensor([0.0, 0.03, 0.4, 1.0])[torch.randint(0, 4, (B, 1, 1), generator=g)]
+    valid = (torch.rand(B, -(-H // div), -(-W // div), generator=g) < density).to(device)
+    mixer = EntropyMix(grid, select=select)  # "min": an empty cell's mean (0) would win if it counted
+    _, plan = mixer.within_batch(x, probs, valid=valid, generator=torch.Generator().manual_seed(seed))
     pair = F.pair_within_batch
-    _, explicit = mixer(pair(x), pair(probs), valid=pair(valid))
+    _, explicit = mixer(pair(x), pair(probs), valid=pair(valid), generator=torch.Generator().manual_seed(seed))
     assert torch.equal(plan.index, F.distinct_within_batch(explicit.index))
     own, partner = (F.patch_entropy(torch.zeros(B, H, W, device=device), grid, v, return_valid=True)[1] for v in pair(valid))
     wrong = (plan.index == 1) & own & ~partner
