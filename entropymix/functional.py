@@ -279,8 +279,8 @@ def _entropies(kind: str, names: Sequence[str], maps: Sequence[Tensor], masks: S
             if check_values:
                 bads.append(bad if mask is None else bad & mask)
             if check_values and look is not None:  # judged where the map's pixels are valid
-                m = None if mask is None else mask[:look.shape[0]]
-                looks.append(look.all() if m is None else (look | ~m).all() & m.any())
+                first = None if mask is None else mask[:look.shape[0]]
+                looks.append(look.all() if first is None else (look | ~first).all() & first.any())
     if check_values:
         _raise_if_bad(kind, names, maps, bads, looks)
     return ents
@@ -576,8 +576,8 @@ def _take_share(score: Tensor, share: Share, generator: Optional[torch.Generator
     # Cells in random order, then a stable sort by margin: equal margins keep the random order.
     shuffle = _uniform((B, n), score.device, generator).argsort(1)
     order = margin.gather(1, shuffle).nan_to_num(nan=-math.inf).sort(dim=1, descending=True, stable=True).indices
-    ranked = torch.arange(n, device=score.device).expand(B, n) < count      # the first `count` in that order
-    take = torch.zeros_like(ranked).scatter(1, shuffle.gather(1, order), ranked)
+    ranked = (torch.arange(n, device=score.device).expand(B, n) < count).byte()  # the first `count` in that order
+    take = torch.zeros_like(ranked).scatter(1, shuffle.gather(1, order), ranked).bool()  # uint8: any device scatters it
     take &= margin > -math.inf
     return torch.where(take.view(B, *grid), which + 1, 0)
 
