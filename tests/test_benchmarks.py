@@ -229,6 +229,8 @@ def test_readme_benchmark_sections_are_generated_from_the_saved_json():
     assert speed.report(json.loads((results / "speed-cpu.json").read_text())) in readme
     import traffic
     assert traffic.report(json.loads((results / "traffic.json").read_text())) in readme  # ops and bytes
+    from study.report import share_report
+    assert share_report(ablation._load(results / "share-selection.json") or None) in readme  # the share study
     assert speed.cuda_report_from(results) in readme  # the GPU check's figures
     study = ablation.report(ablation._load(results / "ablation.json") or None,
                             json.loads((results / "ablation-calibration.json").read_text()))

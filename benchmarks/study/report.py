@@ -428,3 +428,27 @@ def streets_report(results: Optional[dict], calibration: Optional[dict], shapes:
         lines += ["", "Share of pixels the mixers took from the strong view itself in the final epoch (mean over seeds; "
                   "per epoch in the JSON): " + "; ".join(parts) + "."]
     return "\n".join(lines)
+
+
+def share_report(selection: Optional[dict]) -> str:
+    """The README's paragraph on the share study (issue 39), every number read from the selection's
+    JSON; while runs are missing it states the design and how far the runs are, and no verdict."""
+    from .design import (DEFAULT_RULE, SHARE_RULE, SHARE_SELECTION_SEEDS, SHARE_SETTINGS, SHARE_SHAPES_SEEDS,
+                         SHARE_STREETS_SEEDS, SHARES)
+    seeds = (selection or {}).get("seeds", SHARE_SELECTION_SEEDS)
+    total = len(SHARE_SETTINGS) * len(seeds)
+    finished = (selection or {}).get("finished_runs", 0)
+    chosen = (selection or {}).get("chosen_share")
+    status = (f"{finished} of {total} selection runs have finished (`benchmarks/results/share-selection.json`); "
+              "no share is chosen and no verdict is drawn until every run has." if chosen is None else
+              f"all {total} selection runs have finished; the rule chose share {chosen:g}.")
+    return (f"**How much versus where (in progress).** EntropyMix decides where the other view goes and, "
+            f"unless given `share=`, how much of each image it takes (about half under `\"max\"`), where CutMix "
+            f"pastes about a tenth. To tell the two apart, `python benchmarks/ablation.py --select-share --jobs 2` "
+            f"trains, on `streets`' calibration seeds {', '.join(map(str, seeds))} only, UniMatch + CutMix and "
+            f"UniMatch + EntropyMix and random grid placement at shares "
+            f"{', '.join(f'{s:g}' for s in SHARES)} (SPEEDLoss off). Its rule, fixed before the first run: "
+            f"{SHARE_RULE}. The confirmation follows on seeds never used (`streets` "
+            f"{SHARE_STREETS_SEEDS[0]}-{SHARE_STREETS_SEEDS[-1]}, `shapes` {SHARE_SHAPES_SEEDS[0]}-"
+            f"{SHARE_SHAPES_SEEDS[-1]}), and then the defaults, by a rule also fixed now: {DEFAULT_RULE}. "
+            f"Status: {status}")
