@@ -442,8 +442,13 @@ def patch_entropy(entropy: Tensor, grid: Grid, valid: Optional[Tensor] = None, *
 
 
 def _assignments(size: Sequence[int], grid: Sequence[int], device: torch.device) -> List[Tensor]:
-    """The ``(g, n)`` cell-assignment matrix of every axis (see :func:`_assignment`)."""
-    return [_assignment(n, g, device) for n, g in zip(size, grid)]
+    """The ``(g, n)`` cell-assignment matrix of every axis (see :func:`_assignment`), made once for
+    axes alike (a square image on a square grid)."""
+    made: dict = {}
+    for n, g in zip(size, grid):
+        if (n, g) not in made:
+            made[n, g] = _assignment(n, g, device)
+    return [made[n, g] for n, g in zip(size, grid)]
 
 
 def _cell_means(entropy: Tensor, assign: Sequence[Tensor], mask: Optional[Tensor],
