@@ -50,6 +50,18 @@ def test_every_method_and_mixer_runs(tmp_path, method, mix, speed, extra):
             assert 0 <= stream["whole_sample_share"] <= 1
 
 
+def test_share_mixes_that_fraction_of_every_image_in_the_example(tmp_path, capsys):
+    """``--share 0.25`` (4 of a 4 x 4 grid's cells) is what both streams' mixers take from the other
+    view, per the example's own record; it belongs to EntropyMix only."""
+    res = train.main(TINY + ["--mix", "entropymix", "--no-speed", "--share", "0.25", "--epochs", "1",
+                             "--out-dir", str(tmp_path / "run")])
+    for stream in res["history"][0]["mixing"]:
+        assert stream["view_share"] == pytest.approx([0.75, 0.25], abs=1e-6)
+    with pytest.raises(SystemExit):
+        train.parse_args(TINY + ["--mix", "cutmix", "--share", "0.25", "--out-dir", str(tmp_path / "x")])
+    assert "--share 0.25: a fraction in [0, 1], with --mix entropymix" in capsys.readouterr().err
+
+
 def test_resume_continues_exactly_where_it_stopped(tmp_path, capsys):
     args = TINY + ["--seed", "3"]
     straight = train.main(args + ["--epochs", "2", "--out-dir", str(tmp_path / "a")])
