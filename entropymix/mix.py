@@ -306,8 +306,9 @@ class EntropyMix(_Mixer):
             selection decides which cells (the widest margin of the best other view over view 0
             under ``"max"``; uniformly under ``"random"``, the control at equal share), ties broken
             by the generator. A ``(low, high)`` range: each sample draws its fraction uniformly
-            from it. A cell with no valid pixel in the other views is never taken. See
-            :func:`entropymix.functional.select_views`.
+            from it. A cell with no valid pixel in the other views is never taken; with
+            :meth:`within_batch` at ``share=1`` a sample keeps its own first cell (no duplicate
+            samples). See :func:`entropymix.functional.select_views`.
 
     Entropies are comparable across views only when every view's prediction comes from the same
     model in the same mode (all eval or all train). The entropy runs eagerly; pass the teacher's
