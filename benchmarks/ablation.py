@@ -14,6 +14,8 @@ seeds, candidates, criteria; ``stats``: t-intervals, p-values, Holm's correction
     python benchmarks/ablation.py --dataset streets --report   # its README section, beside the shapes verdicts
     python benchmarks/ablation.py --select-share --jobs 2      # how much versus where: EntropyMix's share, on
                                                                # streets' calibration seeds (issue 39)
+    python benchmarks/ablation.py --confirm-share --dataset streets --jobs 2   # then at the chosen share, on
+    python benchmarks/ablation.py --confirm-share --dataset shapes --jobs 2    # seeds never used (issue 39)
 
 1. **Calibration** trains only the baselines (supervised, UniMatch + CutMix, FixMatch + CutMix) of
    every candidate run size in ``CANDIDATES`` on ``CALIBRATION_SEEDS``, and checks that the runs
@@ -52,7 +54,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study import design  # noqa: E402
 from study.design import *  # noqa: E402,F401,F403  (ablation.SETTINGS and the rest, as before the split)
-from study.phases import _calibration, calibrate, checks, noise, select, select_share, summarise  # noqa: E402,F401
+from study.phases import (_calibration, calibrate, checks, confirm_share, noise, select, select_share,  # noqa: E402,F401
+                          summarise)
 from study.report import (calibration_report, markdown, noise_report, pinned_code, pinned_codes, pinned_note, plot,  # noqa: E402,F401
                           report, selection_report, side_by_side, streets_report)
 from study.runs import (RESULTS, ROOT, TRAIN, _load, machine, machines, provenance, run, run_all,  # noqa: E402,F401
@@ -68,6 +71,8 @@ def main(argv=None) -> dict:
     phase.add_argument("--select", action="store_true", help="phase 2: SPEEDLoss's weight on the calibration seeds")
     phase.add_argument("--select-share", action="store_true",
                        help="EntropyMix's share against random placement and CutMix, on streets' calibration seeds")
+    phase.add_argument("--confirm-share", action="store_true",
+                       help="the share study's confirmation at the selected share, on --dataset's held-out seeds")
     phase.add_argument("--noise", action="store_true", help="the baselines again: same threads, then other threads")
     phase.add_argument("--report", action="store_true",
                        help="print the README section from the saved JSON files; trains nothing")
@@ -82,6 +87,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--results", type=Path, default=RESULTS / "ablation.json")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run of the study")
     ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (each gets cores / jobs threads)")
+    ap.add_argument("--share-selection", type=Path, default=None,
+                    help="with --confirm-share: the selection's JSON (default benchmarks/results/share-selection.json)")
     ap.add_argument("--dataset", choices=["shapes", "streets"], default="shapes",
                     help="streets: its own JSON (ablation-streets*.json), seeds and candidates; phase 2 is not rerun")
     args, extra = ap.parse_known_args(argv)  # anything else goes to train.py (e.g. --epochs 20)
@@ -93,6 +100,17 @@ def main(argv=None) -> dict:
         out = select_share(args, provenance(), max(1, (os.cpu_count() or 1) // args.jobs))
         print(markdown({"table": out["table"], "differences": out["differences"]}))
         print(f"chosen share: {out['chosen_share']} ({out['finished_runs']} runs finished)")
+        return out
+    if args.confirm_share:
+        selection = _load(RESULTS / "share-selection.json") if args.share_selection is None else _load(args.share_selection)
+        if args.results == RESULTS / "ablation.json":
+            args.results = RESULTS / f"share-confirmation-{args.dataset}.json"
+        args.seeds = args.seeds or (design.SHARE_STREETS_SEEDS if args.dataset == "streets" else design.SHARE_SHAPES_SEEDS)
+        args.extra = (QUICK if args.quick else []) + extra
+        out = confirm_share(args, provenance(), max(1, (os.cpu_count() or 1) // args.jobs), selection)
+        print(markdown({"table": out["table"], "differences": out["differences"]}))
+        print(f"EntropyMix at share {out['share']:g} beats UniMatch + CutMix: {out['entropymix_beats_cutmix']} "
+              f"({out['finished_runs']} runs finished)")
         return out
     if args.dataset == "streets":
         if args.select:

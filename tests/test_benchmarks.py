@@ -360,3 +360,28 @@ def test_traffic_counts_ops_and_bytes_against_the_floor(capsys):
         assert default["x_floor"] < 4 and default["ops"] <= 100, (dims, default["x_floor"], default["ops"])
         assert cases[f"{dims}: EntropyMix().within_batch on probabilities"]["x_floor"] < 4
     assert cases["BCP step: CutMix.bcp() and plan replays"]["x_bcp"] <= 1.1
+
+
+def test_share_confirmation_runs_at_the_selected_share_on_held_out_seeds(tmp_path, capsys):
+    """The confirmation refuses to start before the selection chose a share, then trains its settings
+    at that share (streets: five; shapes: CutMix against EntropyMix), paired by seed, with the
+    entropy-vs-random comparison, and says whether EntropyMix at the share beats CutMix."""
+    selection = tmp_path / "selection.json"
+    selection.write_text(json.dumps({"chosen_share": None}))
+    common = ["--confirm-share", "--share-selection", str(selection), "--quick", "--seeds", "0", "1",
+              "--out-root", str(tmp_path / "runs"), "--jobs", "2", "--score-epochs", "1"]
+    with pytest.raises(SystemExit, match="chosen no share"):
+        ablation.main(common + ["--dataset", "streets", "--results", str(tmp_path / "streets.json")])
+    selection.write_text(json.dumps({"chosen_share": 0.25}))
+    out = ablation.main(common + ["--dataset", "streets", "--results", str(tmp_path / "streets.json")])
+    trained = [line for line in capsys.readouterr().out.splitlines() if "train.py" in line]
+    assert len(trained) == 10 and sum("--share 0.25" in line for line in trained) == 6
+    assert set(out["table"]) == {"unimatch+cutmix", "unimatch+entropymix-share0.25", "unimatch+grid-random-share0.25",
+                                 "unimatch+entropymix-share0.25+speed", "unimatch+cutmix+speed"}
+    pairs = {(d["setting"], d["reference"]) for d in out["differences"]}
+    assert ("unimatch+entropymix-share0.25", "unimatch+grid-random-share0.25") in pairs
+    assert out["entropymix_beats_cutmix"] in (True, False) and json.loads((tmp_path / "streets.json").read_text())["share"] == 0.25
+    shapes = ablation.main(common + ["--dataset", "shapes", "--results", str(tmp_path / "shapes.json")])
+    assert set(shapes["table"]) == {"unimatch+cutmix", "unimatch+entropymix-share0.25"}
+    assert not set(design.SHARE_STREETS_SEEDS) & (set(design.STREETS_STUDY_SEEDS) | set(design.STREETS_CALIBRATION_SEEDS))
+    assert not set(design.SHARE_SHAPES_SEEDS) & (set(design.STUDY_SEEDS) | set(design.CALIBRATION_SEEDS))

@@ -118,3 +118,22 @@ SHARE_SHAPES_SEEDS = list(range(1008, 1016))
 DEFAULT_RULE = ("the chosen share becomes the example's default only if UniMatch + EntropyMix at that share beats "
                 "UniMatch + CutMix on both streets and shapes held-out seeds (Holm-adjusted p < 0.05, 95% interval "
                 "above 0); otherwise the README names the setting to use for each kind of data")
+
+
+def share_confirmation_settings(share: float, dataset: str) -> dict:
+    """The confirmation's settings at the selected share (rule 2 above), for ``dataset``."""
+    em, grid = f"unimatch+entropymix-share{share:g}", f"unimatch+grid-random-share{share:g}"
+    settings = {BASELINE: SETTINGS[BASELINE], em: SETTINGS["unimatch+entropymix"] + ["--share", str(share)]}
+    if dataset == "streets":
+        settings[grid] = SETTINGS["unimatch+grid-random"] + ["--share", str(share)]
+        settings[em + "+speed"] = UNI + ["--mix", "entropymix", "--share", str(share)] + SPEED
+        settings["unimatch+cutmix+speed"] = SETTINGS["unimatch+cutmix+speed"]
+    return settings
+
+
+def share_confirmation_comparisons(share: float) -> list:
+    """(setting, reference) pairs the confirmation answers besides "vs UniMatch + CutMix"."""
+    em, grid = f"unimatch+entropymix-share{share:g}", f"unimatch+grid-random-share{share:g}"
+    return [(em, grid),                                     # entropy placement vs random, at equal share
+            (em + "+speed", em),                            # SPEEDLoss with EntropyMix at that share
+            ("unimatch+cutmix+speed", BASELINE)]            # SPEEDLoss with CutMix

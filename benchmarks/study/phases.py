@@ -11,7 +11,7 @@ from pathlib import Path
 from . import design
 from .design import (BASELINE, CALIBRATION_SETTINGS, COMPARISONS, CONVERGED, FIXMATCH, HALF_WIDTH, NOISE_SETTINGS,
                      POSITIVE, SELECT_SETTING, SETTINGS, SPEED, SPEED_WEIGHTS, STUDY_SEEDS)
-from .runs import _load, run_all, score
+from .runs import _load, machines, run_all, score
 from .stats import convergence, holm, paired, predicted_half_width
 
 
@@ -216,3 +216,40 @@ def select_share(args, prov: dict, threads: int) -> dict:
 
     run_all(jobs, args.out_root / "share-selection", path.with_name(path.stem + "-runs"), prov, args.jobs, save)
     return _load(path)
+
+
+def confirm_share(args, prov: dict, threads: int, selection: dict) -> dict:
+    """The share study's confirmation (issue 39) on seeds never used, with the final code: the
+    settings of ``share_confirmation_settings`` at the share the selection chose, paired by seed,
+    Holm within the study; once complete, whether EntropyMix at that share beats UniMatch + CutMix
+    (Holm-adjusted p < 0.05, interval above 0), the input of ``DEFAULT_RULE``."""
+    share = selection.get("chosen_share")
+    if share is None:
+        raise SystemExit("the share selection has chosen no share yet (benchmarks/results/share-selection.json): "
+                         "finish `python benchmarks/ablation.py --select-share` first")
+    names = design.share_confirmation_settings(share, args.dataset)
+    size = (design.STREETS_STUDY if args.dataset == "streets" else design.STUDY) + list(getattr(args, "extra", []))
+    jobs = [(n, flags, s, size, threads) for s in args.seeds for n, flags in names.items()]  # seed-major
+    em = f"unimatch+entropymix-share{share:g}"
+
+    def save(done) -> dict:
+        summary = summarise(done, names, args.seeds, args.score_epochs,
+                            [c for c in design.share_confirmation_comparisons(share) if c[0] in names and c[1] in names])
+        complete = all(len(summary["table"].get(n, {}).get("seeds", [])) == len(args.seeds) for n in names)
+        vs = next((d for d in summary["differences"] if (d["setting"], d["reference"]) == (em, BASELINE)), None)
+        beats = None
+        if complete and vs is not None:
+            p_holm = vs.get("p_holm")
+            beats = bool(vs["low"] is not None and vs["low"] > 0 and p_holm is not None and p_holm < 0.05)
+        out = {"phase": f"share confirmation on {args.dataset} (issue 39)", "share": share, "seeds": args.seeds,
+               "args": size, "settings": names, "provenance": {k: prov[k] for k in ("code", "torch")},
+               "threads": threads, "score": f"mean validation mIoU of the last {args.score_epochs} epochs",
+               "default_rule": design.DEFAULT_RULE, **summary, "finished_runs": len(done),
+               "machines": machines(done.values()), "entropymix_beats_cutmix": beats}
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(out, indent=1))
+        return out
+
+    done = run_all(jobs, args.out_root / f"share-confirmation-{args.dataset}", args.results.with_name(
+        args.results.stem + "-runs"), prov, args.jobs, save, any_machine=True)
+    return save(done)
