@@ -385,3 +385,20 @@ def test_share_confirmation_runs_at_the_selected_share_on_held_out_seeds(tmp_pat
     assert set(shapes["table"]) == {"unimatch+cutmix", "unimatch+entropymix-share0.25"}
     assert not set(design.SHARE_STREETS_SEEDS) & (set(design.STREETS_STUDY_SEEDS) | set(design.STREETS_CALIBRATION_SEEDS))
     assert not set(design.SHARE_SHAPES_SEEDS) & (set(design.STUDY_SEEDS) | set(design.CALIBRATION_SEEDS))
+
+
+def test_share_selection_trains_its_grid_and_chooses_by_its_rule(tmp_path, capsys):
+    """`--select-share`: CutMix and EntropyMix and random grid at each share, seed-major, nothing with
+    SPEEDLoss; the share is chosen by the declared rule once every setting has every seed."""
+    results = tmp_path / "share.json"
+    out = ablation.main(["--select-share", "--quick", "--seeds", "0", "--out-root", str(tmp_path / "runs"),
+                         "--results", str(results), "--jobs", "2", "--score-epochs", "1"])
+    trained = [line for line in capsys.readouterr().out.splitlines() if "train.py" in line]
+    assert len(trained) == 7 and not any("--speed " in line for line in trained)
+    assert all("--dataset streets" in line for line in trained)
+    assert set(out["table"]) == set(design.SHARE_SETTINGS) and out["finished_runs"] == 7
+    means = {s: out["table"][f"unimatch+entropymix-share{s:g}"]["mean"] for s in design.SHARES}
+    best = max(means.values())
+    assert out["chosen_share"] == min(s for s, m in means.items() if m >= best - design.SHARE_TIE)
+    assert json.loads(results.read_text())["rule"] == design.SHARE_RULE
+    assert set(design.SHARE_SELECTION_SEEDS) == set(design.STREETS_CALIBRATION_SEEDS)  # calibration seeds only

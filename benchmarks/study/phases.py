@@ -214,7 +214,10 @@ def select_share(args, prov: dict, threads: int) -> dict:
         path.write_text(json.dumps(out, indent=1))
         return out
 
-    run_all(jobs, args.out_root / "share-selection", path.with_name(path.stem + "-runs"), prov, args.jobs, save)
+    # any_machine: a kept run of the same code and torch counts on any CPU, so the phase can resume on
+    # another machine (a frozen worktree of the code it started with; see the closing note of issue 39)
+    run_all(jobs, args.out_root / "share-selection", path.with_name(path.stem + "-runs"), prov, args.jobs, save,
+            any_machine=True)
     return _load(path)
 
 
