@@ -16,6 +16,7 @@ seeds, candidates, criteria; ``stats``: t-intervals, p-values, Holm's correction
                                                                # streets' calibration seeds (issue 39)
     python benchmarks/ablation.py --confirm-share --dataset streets --jobs 2   # then at the chosen share, on
     python benchmarks/ablation.py --confirm-share --dataset shapes --jobs 2    # seeds never used (issue 39)
+    python benchmarks/ablation.py --share-report               # the share study's README section
 
 1. **Calibration** trains only the baselines (supervised, UniMatch + CutMix, FixMatch + CutMix) of
    every candidate run size in ``CANDIDATES`` on ``CALIBRATION_SEEDS``, and checks that the runs
@@ -57,7 +58,8 @@ from study.design import *  # noqa: E402,F401,F403  (ablation.SETTINGS and the r
 from study.phases import (_calibration, calibrate, checks, confirm_share, noise, select, select_share,  # noqa: E402,F401
                           summarise)
 from study.report import (calibration_report, markdown, noise_report, pinned_code, pinned_codes, pinned_note, plot,  # noqa: E402,F401
-                          report, selection_report, side_by_side, streets_report)
+                          report, selection_report, share_report_from, share_rows, side_by_side,
+                          streets_report)
 from study.runs import (RESULTS, ROOT, TRAIN, _load, machine, machines, provenance, run, run_all,  # noqa: E402,F401
                         same_computation, score)
 from study.stats import (T95, convergence, holm, mean_curve, paired, predicted_half_width, slope, t95,  # noqa: E402,F401
@@ -73,6 +75,8 @@ def main(argv=None) -> dict:
                        help="EntropyMix's share against random placement and CutMix, on streets' calibration seeds")
     phase.add_argument("--confirm-share", action="store_true",
                        help="the share study's confirmation at the selected share, on --dataset's held-out seeds")
+    phase.add_argument("--share-report", action="store_true",
+                       help="print the share study's README section from its saved JSON files; trains nothing")
     phase.add_argument("--noise", action="store_true", help="the baselines again: same threads, then other threads")
     phase.add_argument("--report", action="store_true",
                        help="print the README section from the saved JSON files; trains nothing")
@@ -92,6 +96,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--dataset", choices=["shapes", "streets"], default="shapes",
                     help="streets: its own JSON (ablation-streets*.json), seeds and candidates; phase 2 is not rerun")
     args, extra = ap.parse_known_args(argv)  # anything else goes to train.py (e.g. --epochs 20)
+    if args.share_report:
+        print(share_report_from(RESULTS))
+        return {}
     if args.select_share:  # a phase of the streets benchmark with its own JSON
         if args.results == RESULTS / "ablation.json":
             args.results = RESULTS / "share-selection.json"
@@ -128,7 +135,7 @@ def main(argv=None) -> dict:
     calibration = _calibration(args)
     if args.report and args.dataset == "streets":  # with the shapes study beside it, for the side-by-side table
         print(streets_report(_load(args.results) or None, _load(calibration), _load(RESULTS / "ablation.json") or None,
-                             provenance()["code"]))
+                             provenance()["code"], share_rows(args.results.parent)))
         return {}
     if args.report:
         results = _load(args.results) or None

@@ -229,15 +229,16 @@ def test_readme_benchmark_sections_are_generated_from_the_saved_json():
     assert speed.report(json.loads((results / "speed-cpu.json").read_text())) in readme
     import traffic
     assert traffic.report(json.loads((results / "traffic.json").read_text())) in readme  # ops and bytes
-    from study.report import share_report
-    assert share_report(ablation._load(results / "share-selection.json") or None) in readme  # the share study
+    from study.report import share_report_from, share_rows
+    assert share_report_from(results) in readme  # the share study
     assert speed.cuda_report_from(results) in readme  # the GPU check's figures
     study = ablation.report(ablation._load(results / "ablation.json") or None,
                             json.loads((results / "ablation-calibration.json").read_text()))
     assert study in readme
     streets = ablation.streets_report(ablation._load(results / "ablation-streets.json") or None,
                                       ablation._load(results / "ablation-streets-calibration.json"),
-                                      ablation._load(results / "ablation.json"), ablation.provenance()["code"])
+                                      ablation._load(results / "ablation.json"), ablation.provenance()["code"],
+                                      share_rows(results))  # the side-by-side table with the share study's rows
     assert streets in readme and ("Both datasets side by side" in streets or "has not started" in streets)
 
 
@@ -336,6 +337,73 @@ def test_side_by_side_says_which_verdicts_carry_over():
     assert "2 carry over to `streets`, 2 do not, and 1 is open" in lines[-1]
 
 
+def test_side_by_side_gains_the_share_studys_rows_open_until_each_confirmation_has_its_seeds():
+    """The share rows read the confirmation JSON: EntropyMix at the share vs CutMix on both datasets
+    (open while either has fewer seeds than its design), the others on `streets` only."""
+    from study import report
+    em, grid = "unimatch+entropymix-share0.25", "unimatch+grid-random-share0.25"
+    streets = {"differences": [_diff(em, "unimatch+cutmix", 1.0, 0.5, 1.5, 0.01), _diff(em, grid, 0.2, -0.5, 0.9, 0.6),
+                               _diff(em + "+speed", em, 1.2, 0.4, 2.0, 0.02)]}
+    shapes = {"differences": [_diff(em, "unimatch+cutmix", 3.0, 1.0, 5.0, 0.01, n=5)]}
+    lines = report.side_by_side(None, None, 8, (0.25, shapes, streets))
+    rows = {line.split(" | ")[0][2:]: line for line in lines if line.startswith("| ")}
+    assert rows["EntropyMix at share 0.25 vs CutMix (in UniMatch)"].endswith("| open: `shapes` has 5 of 8 seeds |")
+    assert "| not run | +0.20 (-0.50, +0.90), 8 seeds: not distinguishable | `streets` only" in \
+        rows["entropy selection vs random grid patches, both at share 0.25"]
+    assert "+1.20 (+0.40, +2.00), 8 seeds: better" in rows["SPEEDLoss with EntropyMix at share 0.25"]
+    assert "Of 6 verdicts, 0 carry over to `streets`, 0 do not, and 6 are open; 2 are on `streets` only" in lines[-1]
+    shapes["differences"][0]["n"] = 8
+    lines = report.side_by_side(None, None, 8, (0.25, shapes, streets))
+    assert "| yes |" in next(line for line in lines if line.startswith("| EntropyMix at share 0.25"))
+    assert report.side_by_side(None, None, 8, None) == report.side_by_side(None, None, 8, (None, None, None))
+
+
+def _confirmation(share, names, seeds, diffs, beats):
+    """A confirmation's JSON as ``confirm_share`` writes it, with only what the report reads."""
+    return {"share": share, "settings": {n: [] for n in names}, "finished_runs": len(names) * len(seeds),
+            "provenance": {"code": "c0de", "torch": "2.13.0+cpu"}, "machines": {"AMD EPYC (AVX512)": 8},
+            "table": {n: {"seeds": list(seeds), "score": [60.0] * len(seeds), "mean": 60.0, "std": 0.0,
+                          "minutes": 9.0} for n in names},
+            "differences": diffs, "entropymix_beats_cutmix": beats}
+
+
+def test_share_report_draws_no_verdict_until_every_run_and_then_follows_the_default_rule():
+    """The share study's section: the design and how far it is while runs are missing, no answer before a
+    dataset's confirmation has all its seeds; then the answers with intervals, and the defaults by
+    ``DEFAULT_RULE``: the share becomes the default only if it beats CutMix on both datasets, else the
+    section names a mixer per kind of data (falling back on the first studies' EntropyMix verdict)."""
+    from study import report
+    assert "no share is chosen and no verdict is drawn" in report.share_report(None)
+    em, grid, base = "unimatch+entropymix-share0.25", "unimatch+grid-random-share0.25", "unimatch+cutmix"
+    selection = {"seeds": design.SHARE_SELECTION_SEEDS, "finished_runs": 28, "chosen_share": 0.25, "table": {}}
+    st_names = list(design.share_confirmation_settings(0.25, "streets"))
+    sh_names = list(design.share_confirmation_settings(0.25, "shapes"))
+    streets = _confirmation(0.25, st_names, design.SHARE_STREETS_SEEDS,
+                            [_diff(em, base, 0.3, -0.4, 1.0, 0.5), _diff(em, grid, 0.9, 0.3, 1.5, 0.03)], False)
+    shapes = _confirmation(0.25, sh_names, design.SHARE_SHAPES_SEEDS, [_diff(em, base, 2.0, 1.0, 3.0, 0.002)], True)
+    for d in streets["differences"] + shapes["differences"]:  # as ``paired`` and ``holm`` set them
+        d["p"] = d["p_holm"]
+        d["verdict"] = "not distinguishable on this benchmark" if d["low"] <= 0 <= d["high"] else "better"
+    partial = dict(streets, table={n: dict(r, seeds=r["seeds"][:3]) for n, r in streets["table"].items()},
+                   finished_runs=15)
+    text = report.share_report(selection, partial, None)
+    assert "share 0.25" in text and "`streets` 15 of 40, `shapes` 0 of 16" in text and "no verdict yet" in text
+    assert "Answers" not in text and "Which to use" not in text and "(in progress)" in text
+    earlier = {"streets": {"differences": [_diff("unimatch+entropymix", base, -0.4, -1.2, 0.4, 0.6)]},
+               "shapes": {"differences": [_diff("unimatch+entropymix", base, 4.8, 3.1, 6.6, 0.001)]}}
+    text = report.share_report(selection, streets, shapes, earlier)
+    assert "(in progress)" not in text and "**Default.**" not in text
+    assert ("Does entropy placement beat random placement at equal share on `streets`? **yes**: +0.90 mIoU "
+            "(95% CI +0.30 to +1.50") in text
+    assert "Does EntropyMix at that share beat CutMix on `streets`? not distinguishable on this benchmark" in text
+    assert "Does EntropyMix at that share beat CutMix on `shapes`? **yes**" in text
+    assert "On object-centric data like `shapes`: EntropyMix with `share=0.25` (+2.00 (+1.00, +3.00)" in text
+    assert "On driving scenes like `streets`: CutMix, which EntropyMix does not beat" in text
+    text = report.share_report(selection, dict(streets, entropymix_beats_cutmix=True), shapes, earlier)
+    assert "**Default.** EntropyMix at share 0.25 beats CutMix on both datasets" in text
+    assert "Which to use" not in text
+
+
 def test_a_calibration_on_other_code_stands_only_when_both_codes_give_the_recorded_outputs(monkeypatch):
     from study import report
     monkeypatch.setattr(report, "pinned_codes", lambda: {"aaa": "recorded", "bbb": "verified"})
@@ -402,3 +470,10 @@ def test_share_selection_trains_its_grid_and_chooses_by_its_rule(tmp_path, capsy
     assert out["chosen_share"] == min(s for s, m in means.items() if m >= best - design.SHARE_TIE)
     assert json.loads(results.read_text())["rule"] == design.SHARE_RULE
     assert set(design.SHARE_SELECTION_SEEDS) == set(design.STREETS_CALIBRATION_SEEDS)  # calibration seeds only
+
+
+def test_share_report_cli_prints_the_readme_section(capsys):
+    """`--share-report` prints the share study's README section, trains nothing."""
+    from study.report import share_report_from
+    assert ablation.main(["--share-report"]) == {}
+    assert capsys.readouterr().out.strip() == share_report_from(BENCH / "results").strip()

@@ -25,11 +25,12 @@ def markdown(summary: dict) -> str:
         std = f"{row['std']:.2f}" if len(row["seeds"]) > 1 else "-"
         lines.append(f"| {name} | {len(row['seeds'])} | {row['mean']:.2f} | {std} | {ci} | "
                      f"{(d or {}).get('verdict', '-')} | {row['minutes']:.1f} |")
-    lines += ["", "| comparison | seeds | mean difference (95% CI) | verdict |", "|---|---:|---|---|"]
-    for d in summary["differences"]:
-        if d["reference"] != BASELINE and d["low"] is not None:
-            lines.append(f"| {d['setting']} - {d['reference']} | {d['n']} | {d['mean']:+.2f} ({d['low']:+.2f}, "
-                         f"{d['high']:+.2f}) | {d['verdict']} |")
+    others = [d for d in summary["differences"] if d["reference"] != BASELINE and d["low"] is not None]
+    if others:
+        lines += ["", "| comparison | seeds | mean difference (95% CI) | verdict |", "|---|---:|---|---|"]
+    for d in others:
+        lines.append(f"| {d['setting']} - {d['reference']} | {d['n']} | {d['mean']:+.2f} ({d['low']:+.2f}, "
+                     f"{d['high']:+.2f}) | {d['verdict']} |")
     return "\n".join(lines)
 
 
@@ -309,30 +310,57 @@ def _cell(d: Optional[dict]) -> str:
     return f"{d['mean']:+.2f} ({d['low']:+.2f}, {d['high']:+.2f}), {d['n']} seeds: {_short(d)}"
 
 
-def side_by_side(shapes: Optional[dict], streets: Optional[dict], streets_seeds: int) -> list:
+def share_questions(share: float) -> list:
+    """The share study's rows of the side-by-side table (setting, reference, question, run on
+    `shapes` too): its confirmation compares the first on both datasets, the others on `streets` only."""
+    em, grid = f"unimatch+entropymix-share{share:g}", f"unimatch+grid-random-share{share:g}"
+    return [(em, BASELINE, f"EntropyMix at share {share:g} vs CutMix (in UniMatch)", True),
+            (em, grid, f"entropy selection vs random grid patches, both at share {share:g}", False),
+            (em + "+speed", em, f"SPEEDLoss with EntropyMix at share {share:g}", False)]
+
+
+def _pairs(results: Optional[dict]) -> dict:
+    return {(d["setting"], d["reference"]): d for d in (results or {}).get("differences", []) if d["low"] is not None}
+
+
+def side_by_side(shapes: Optional[dict], streets: Optional[dict], streets_seeds: int,
+                 share: Optional[tuple] = None) -> list:
     """Both studies' answers to each question of ``SIDE_BY_SIDE``, and whether each verdict carries
-    over from `shapes` to `streets` (open while the streets study has fewer than ``streets_seeds``)."""
-    pairs = [{(d["setting"], d["reference"]): d for d in (r or {}).get("differences", []) if d["low"] is not None}
-             for r in (shapes, streets)]
+    over from `shapes` to `streets` (open while the streets study has fewer than ``streets_seeds``).
+    ``share``: ``(chosen share, shapes confirmation, streets confirmation)`` (issue 39) adds the share
+    study's rows, read from its confirmation JSON, each open until that study has all its seeds."""
+    rows = [(a, b, q, True, _pairs(shapes), _pairs(streets), None, streets_seeds) for a, b, q in SIDE_BY_SIDE]
+    if share is not None and share[0] is not None:
+        value, on_shapes, on_streets = share
+        rows += [(a, b, q, both, _pairs(on_shapes), _pairs(on_streets), len(design.SHARE_SHAPES_SEEDS),
+                  len(design.SHARE_STREETS_SEEDS)) for a, b, q, both in share_questions(value)]
     lines = ["| question | `shapes`: difference (95% CI) | `streets`: difference (95% CI) | carries over? |",
              "|---|---|---|---|"]
-    counts = {"yes": 0, "no": 0, "open": 0}
-    for a, b, question in SIDE_BY_SIDE:
-        d1, d2 = pairs[0].get((a, b)), pairs[1].get((a, b))
-        if d1 is None or d2 is None or d2["n"] < streets_seeds:
-            carry = "open" + (f": `streets` has {d2['n']} of {streets_seeds} seeds" if d2 else "")
+    counts = {"yes": 0, "no": 0, "open": 0, "streets": 0}
+    for a, b, question, both, p1, p2, n1, n2 in rows:
+        d1, d2 = (p1.get((a, b)) if both else None), p2.get((a, b))
+        if d2 is None or d2["n"] < n2 or both and (d1 is None or n1 is not None and d1["n"] < n1):
+            short = [f"`{k}` has {d['n']} of {n} seeds" for k, d, n in (("shapes", d1, n1), ("streets", d2, n2))
+                     if d is not None and n is not None and d["n"] < n]
+            carry = "open" + (": " + ", ".join(short) if short else "")
             counts["open"] += 1
+        elif not both:
+            carry = "`streets` only (not run on `shapes`)"
+            counts["streets"] += 1
         elif _short(d1) == _short(d2):
             carry = "yes" + (" (neither distinguishable)" if _short(d1) == "not distinguishable" else "")
             counts["yes"] += 1
         else:
             carry = f"**no**: {_short(d1)} on `shapes`, {_short(d2)} on `streets`"
             counts["no"] += 1
-        lines.append(f"| {question} | {_cell(d1)} | {_cell(d2)} | {carry} |")
-    lines += ["", f"Of {len(SIDE_BY_SIDE)} verdicts, {counts['yes']} carry over to `streets`, {counts['no']} do not, and "
-              f"{counts['open']} {'is' if counts['open'] == 1 else 'are'} open. \"better\" and \"worse\" need a Holm-adjusted p below 0.05 within each "
-              "study (\"not after Holm\": the uncorrected interval excludes 0, the corrected test does not); a verdict that does not carry over is a finding about the method, reported as plainly as one "
-              "that does."]
+        lines.append(f"| {question} | {_cell(d1) if both else 'not run'} | {_cell(d2)} | {carry} |")
+    compared = len(rows) - counts["streets"]
+    lines += ["", f"Of {compared} verdicts, {counts['yes']} carry over to `streets`, {counts['no']} do "
+              f"not, and {counts['open']} {'is' if counts['open'] == 1 else 'are'} open"
+              + (f"; {counts['streets']} {'is' if counts['streets'] == 1 else 'are'} on `streets` only"
+                 if counts["streets"] else "") + ". \"better\" and \"worse\" need a Holm-adjusted p below 0.05 within "
+              "each study (\"not after Holm\": the uncorrected interval excludes 0, the corrected test does not); a "
+              "verdict that does not carry over is a finding about the method, reported as plainly as one that does."]
     return lines
 
 
@@ -373,11 +401,25 @@ def _calibration_code_note(cal: dict, results: Optional[dict]) -> str:
             "computation equal: the run size may not suit the study's code.")
 
 
+def _mixing_line(table: dict) -> str:
+    """What the mixers did in the final epoch: the share of pixels each stream kept from the strong view
+    itself, mean over seeds (per epoch in the JSON); "" when no run recorded it."""
+    parts = []
+    for n, row in table.items():
+        if row.get("mixing"):
+            last = [epochs[-1] for epochs in row["mixing"].values()]
+            kept = [statistics.mean(r[s]["view_share"][0] for r in last) for s in range(len(last[0]))]
+            parts.append(f"{n} " + ", ".join(f"stream {s + 1} {100 * a:.0f}%" for s, a in enumerate(kept)))
+    return ("Share of pixels the mixers took from the strong view itself in the final epoch (mean over seeds; per "
+            "epoch in the JSON): " + "; ".join(parts) + ".") if parts else ""
+
+
 def streets_report(results: Optional[dict], calibration: Optional[dict], shapes: Optional[dict],
-                   current: Optional[str] = None) -> str:
+                   current: Optional[str] = None, share: Optional[tuple] = None) -> str:
     """The README's `streets` study, every number read from its JSON (``ablation-streets.json``), its
     calibration's and the `shapes` study's (for the side-by-side table); ``current``: this checkout's
-    training code (a study of other code says whether its 2-D computation changed since)."""
+    training code (a study of other code says whether its 2-D computation changed since); ``share``: the
+    share study's rows for the side-by-side table (see ``side_by_side``)."""
     cal, seeds = calibration or {}, design.STREETS_STUDY_SEEDS
     total = len(design.STREETS_SETTINGS) * len(seeds)
     chosen = cal.get("chosen")
@@ -409,7 +451,7 @@ def streets_report(results: Optional[dict], calibration: Optional[dict], shapes:
               f"`{' '.join(results['extra_args'])}`; training code `{prov.get('code')}`, torch {prov.get('torch')}, one "
               f"thread per run, on {on}). **Status: {status}.**{pinned_note(prov, current)}", "",
               "**Both datasets side by side** (paired differences in mIoU, 95% t-intervals over seeds):", ""]
-    lines += side_by_side(shapes, results, len(seeds))
+    lines += side_by_side(shapes, results, len(seeds), share)
     lines += ["", "The `streets` study in full:", "", markdown(results)]
     if any(d["low"] is not None for d in results["differences"]):  # the plot exists once a difference does
         lines += ["", "![streets paired differences](benchmarks/results/ablation-streets.png)"]
@@ -418,37 +460,162 @@ def streets_report(results: Optional[dict], calibration: Optional[dict], shapes:
         lines += ["", "Does entropy mixing help small things or only large regions? IoU of the rare classes (mean over "
                   f"seeds of each run's last {SCORE_EPOCHS} epochs), and paired differences per class with uncorrected "
                   "95% intervals (exploratory: outside Holm's family):", ""] + rare
-    mixed = {n: row["mixing"] for n, row in results["table"].items() if row.get("mixing")}
-    if mixed:
-        parts = []
-        for n, runs in mixed.items():
-            last = [epochs[-1] for epochs in runs.values()]
-            share = [statistics.mean(r[s]["view_share"][0] for r in last) for s in range(len(last[0]))]
-            parts.append(f"{n} " + ", ".join(f"stream {s + 1} {100 * a:.0f}%" for s, a in enumerate(share)))
-        lines += ["", "Share of pixels the mixers took from the strong view itself in the final epoch (mean over seeds; "
-                  "per epoch in the JSON): " + "; ".join(parts) + "."]
+    mixing = _mixing_line(results["table"])
+    if mixing:
+        lines += ["", mixing]
     return "\n".join(lines)
 
 
-def share_report(selection: Optional[dict]) -> str:
-    """The README's paragraph on the share study (issue 39), every number read from the selection's
-    JSON; while runs are missing it states the design and how far the runs are, and no verdict."""
+def _json(path: Path) -> Optional[dict]:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def share_results(results: Path) -> dict:
+    """The share study's JSON in ``results`` (``benchmarks/results``), and the first studies' that its
+    recommendation falls back on; a file not written yet is None."""
+    return {"selection": _json(results / "share-selection.json"),
+            "streets": _json(results / "share-confirmation-streets.json"),
+            "shapes": _json(results / "share-confirmation-shapes.json"),
+            "earlier": {"shapes": _json(results / "ablation.json"), "streets": _json(results / "ablation-streets.json")}}
+
+
+def share_rows(results: Path) -> Optional[tuple]:
+    """``(chosen share, shapes confirmation, streets confirmation)`` for ``side_by_side``; None before
+    the selection chose a share."""
+    r = share_results(results)
+    share = (r["selection"] or {}).get("chosen_share")
+    return None if share is None else (share, r["shapes"], r["streets"])
+
+
+def _complete(conf: Optional[dict], seeds: list) -> bool:
+    return bool(conf) and all(len(row["seeds"]) == len(seeds) for row in conf["table"].values()) and \
+        len(conf["table"]) == len(conf["settings"])
+
+
+def _selection_table(sel: dict) -> list:
+    """The selection's runs, without verdicts: calibration seeds choose a share, they test nothing."""
+    by_pair = _pairs(sel)
+    lines = ["| setting | seeds | score per seed | mean | vs UniMatch + CutMix: mean (95% CI, uncorrected) |",
+             "|---|---:|---|---:|---|"]
+    for name, row in sel["table"].items():
+        d = by_pair.get((name, BASELINE))
+        ci = "-" if d is None else f"{d['mean']:+.2f} ({d['low']:+.2f}, {d['high']:+.2f})"
+        lines.append(f"| {name} | {len(row['seeds'])} | {', '.join(f'{v:.2f}' for v in row['score'])} | "
+                     f"{row['mean']:.2f} | {ci} |")
+    return lines
+
+
+def _recommend(share: float, conf: dict, earlier: Optional[dict]) -> str:
+    """Which mixer to use on one kind of data, read from its confirmation and (falling back) its first
+    study: EntropyMix at the share if it beat CutMix there, else EntropyMix's own selection if that
+    beat CutMix in the first study, else CutMix."""
+    em = f"unimatch+entropymix-share{share:g}"
+    d = _pairs(conf).get((em, BASELINE))
+    first = _pairs(earlier).get(("unimatch+entropymix", BASELINE))
+    if d is not None and _short(d) == "better":
+        return f"EntropyMix with `share={share:g}` ({_cell(d)} against CutMix)"
+    at_share = f"at share {share:g} it is {_short(d)} against CutMix ({_cell(d)})" if d else ""
+    if first is not None and _short(first) == "better":
+        return (f"EntropyMix with its own per-cell selection (`share=None`, the default), better than CutMix in the "
+                f"first study ({_cell(first)}); {at_share}")
+    first_text = f"; at its default it was {_short(first)} in the first study ({_cell(first)})" if first else ""
+    return f"CutMix, which EntropyMix does not beat ({at_share}{first_text})"
+
+
+def share_report(selection: Optional[dict], streets: Optional[dict] = None, shapes: Optional[dict] = None,
+                 earlier: Optional[dict] = None) -> str:
+    """The README's section on the share study (issue 39), every number read from its JSON: the
+    selection (``share-selection.json``), the confirmation on each dataset
+    (``share-confirmation-{streets,shapes}.json``) and, for the recommendation, the first studies
+    (``earlier``: ``{"shapes": ablation.json, "streets": ablation-streets.json}``). While runs are missing
+    it states the design and how far the runs are, and no verdict."""
     from .design import (DEFAULT_RULE, SHARE_RULE, SHARE_SELECTION_SEEDS, SHARE_SETTINGS, SHARE_SHAPES_SEEDS,
-                         SHARE_STREETS_SEEDS, SHARES)
+                         SHARE_STREETS_SEEDS, SHARES, share_confirmation_settings)
+    earlier = earlier or {}
     seeds = (selection or {}).get("seeds", SHARE_SELECTION_SEEDS)
     total = len(SHARE_SETTINGS) * len(seeds)
     finished = (selection or {}).get("finished_runs", 0)
     chosen = (selection or {}).get("chosen_share")
-    status = (f"{finished} of {total} selection runs have finished (`benchmarks/results/share-selection.json`); "
-              "no share is chosen and no verdict is drawn until every run has." if chosen is None else
-              f"all {total} selection runs have finished; the rule chose share {chosen:g}.")
-    return (f"**How much versus where (in progress).** EntropyMix decides where the other view goes and, "
-            f"unless given `share=`, how much of each image it takes (about half under `\"max\"`), where CutMix "
-            f"pastes about a tenth. To tell the two apart, `python benchmarks/ablation.py --select-share --jobs 2` "
-            f"trains, on `streets`' calibration seeds {', '.join(map(str, seeds))} only, UniMatch + CutMix and "
-            f"UniMatch + EntropyMix and random grid placement at shares "
-            f"{', '.join(f'{s:g}' for s in SHARES)} (SPEEDLoss off). Its rule, fixed before the first run: "
-            f"{SHARE_RULE}. The confirmation follows on seeds never used (`streets` "
-            f"{SHARE_STREETS_SEEDS[0]}-{SHARE_STREETS_SEEDS[-1]}, `shapes` {SHARE_SHAPES_SEEDS[0]}-"
-            f"{SHARE_SHAPES_SEEDS[-1]}), and then the defaults, by a rule also fixed now: {DEFAULT_RULE}. "
-            f"Status: {status}")
+    confs = {"streets": (streets, SHARE_STREETS_SEEDS), "shapes": (shapes, SHARE_SHAPES_SEEDS)}
+    done = {k: chosen is not None and _complete(c, s) and c.get("share") == chosen for k, (c, s) in confs.items()}
+    if chosen is None:
+        status = (f"{finished} of {total} selection runs have finished (`benchmarks/results/share-selection.json`); "
+                  "no share is chosen and no verdict is drawn until every run has.")
+    else:
+        counts = []
+        for k, (c, s) in confs.items():
+            n = len(share_confirmation_settings(chosen, k)) * len(s)
+            counts.append(f"`{k}` {(c or {}).get('finished_runs', 0) if (c or {}).get('share') == chosen else 0} of {n}")
+        status = (f"all {total} selection runs have finished; the rule chose share {chosen:g}. Confirmation runs "
+                  f"finished: {', '.join(counts)}"
+                  + ("." if all(done.values()) else
+                     " (`python benchmarks/ablation.py --confirm-share --dataset streets --jobs 2`, then `--dataset "
+                     "shapes`, resume them); no verdict is drawn on a dataset until all its runs have."))
+    lines = [f"**How much versus where{'' if all(done.values()) else ' (in progress)'}.** EntropyMix decides where "
+             f"the other view goes and, unless given `share=`, how much of each image it takes (about half under "
+             f"`\"max\"`), where CutMix pastes about a tenth. To tell the two apart, `python benchmarks/ablation.py "
+             f"--select-share --jobs 2` trains, on `streets`' calibration seeds {', '.join(map(str, seeds))} only, "
+             f"UniMatch + CutMix and UniMatch + EntropyMix and random grid placement at shares "
+             f"{', '.join(f'{s:g}' for s in SHARES)} (SPEEDLoss off). Its rule, fixed before the first run: "
+             f"{SHARE_RULE}. The confirmation follows on seeds never used (`streets` "
+             f"{SHARE_STREETS_SEEDS[0]}-{SHARE_STREETS_SEEDS[-1]}, `shapes` {SHARE_SHAPES_SEEDS[0]}-"
+             f"{SHARE_SHAPES_SEEDS[-1]}), and then the defaults, by a rule also fixed now: {DEFAULT_RULE}. "
+             f"Status: {status}"]
+    if selection and selection.get("table"):
+        prov = selection.get("provenance") or {}
+        lines += ["", f"Selection (calibration seeds; training code `{prov.get('code')}`, torch {prov.get('torch')}, "
+                  f"one thread per run; the intervals are over at most {len(seeds)} seeds and decide nothing):", ""]
+        lines += _selection_table(selection)
+        mixing = _mixing_line(selection["table"])
+        lines += ["", mixing] if mixing else []
+    for name, (conf, conf_seeds) in confs.items():
+        if chosen is None or not conf or conf.get("share") != chosen or not conf.get("table"):
+            continue
+        prov = conf.get("provenance") or {}
+        trained = conf.get("machines") or {}
+        on = ", ".join(f"{m} for {k} run{'s' * (k != 1)}" for m, k in trained.items())
+        lines += ["", f"Confirmation on `{name}` (held-out seeds {conf_seeds[0]}-{conf_seeds[-1]}; training code "
+                  f"`{prov.get('code')}`, torch {prov.get('torch')}, one thread per run, on {on}; "
+                  f"{'all runs finished' if done[name] else str(conf['finished_runs']) + ' runs finished, no verdict yet'}):",
+                  "", markdown(conf)]
+        mixing = _mixing_line(conf["table"])
+        lines += ["", mixing] if mixing else []
+        em, grid = f"unimatch+entropymix-share{chosen:g}", f"unimatch+grid-random-share{chosen:g}"
+        rare = rare_classes(conf, pairs=[(em, BASELINE), (em, grid)]) if name == "streets" else []
+        if rare:
+            lines += ["", f"IoU of `streets`' rare classes (mean over seeds of each run's last {SCORE_EPOCHS} epochs; "
+                      "paired differences with uncorrected 95% intervals, exploratory):", ""] + rare
+    if chosen is None:
+        return "\n".join(lines)
+    em, grid = f"unimatch+entropymix-share{chosen:g}", f"unimatch+grid-random-share{chosen:g}"
+    answers = []
+    if done["streets"]:
+        p = _pairs(streets)
+        for (a, b), q in [((em, grid), "Does entropy placement beat random placement at equal share"),
+                          ((em, BASELINE), "Does EntropyMix at that share beat CutMix"),
+                          ((em + "+speed", em), "Does SPEEDLoss help EntropyMix at that share"),
+                          ((em + "+speed", BASELINE), "Does EntropyMix at that share with SPEEDLoss beat CutMix")]:
+            if (a, b) in p:
+                answers.append(f"- {q} on `streets`? {_answer(p[a, b])}: {_ci(p[a, b])}.")
+    if done["shapes"]:
+        d = _pairs(shapes).get((em, BASELINE))
+        if d is not None:
+            answers.append(f"- Does EntropyMix at that share beat CutMix on `shapes`? {_answer(d)}: {_ci(d)}.")
+    if answers:
+        lines += ["", f"Answers at share {chosen:g} (Holm within each dataset's confirmation):", ""] + answers
+    if all(done.values()):
+        if streets.get("entropymix_beats_cutmix") and shapes.get("entropymix_beats_cutmix"):
+            lines += ["", f"**Default.** EntropyMix at share {chosen:g} beats CutMix on both datasets, so by the rule "
+                      f"above `--share {chosen:g}` is the example's default."]
+        else:
+            lines += ["", "**Which to use.** EntropyMix at that share does not beat CutMix on both datasets, so by the "
+                      "rule above the example keeps `--share` unset. On object-centric data like `shapes`: "
+                      f"{_recommend(chosen, shapes, earlier.get('shapes'))}. On driving scenes like `streets`: "
+                      f"{_recommend(chosen, streets, earlier.get('streets'))}."]
+    return "\n".join(lines)
+
+
+def share_report_from(results: Path) -> str:
+    """``share_report`` of the JSON in ``results`` (what the README holds, verbatim)."""
+    r = share_results(results)
+    return share_report(r["selection"], r["streets"], r["shapes"], r["earlier"])
