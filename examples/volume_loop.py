@@ -165,7 +165,7 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, device, num_class
 def make_mixer(args):
     """``--mix entropymix``: EntropyMix on ``--grid`` cells; ``--mix cutmix``: BCP's own cuboid
     (:meth:`CutMix.bcp`: 2/3 of every axis, one cube shared by the batch, drawn as BCP's
-    ``context_mask`` draws it)."""
+    ``context_mask`` draws it, and used in both directions by ``bcp_loss``)."""
     if args.mix == "entropymix":  # --share: as much in each direction, placed by entropy
         return EntropyMix(tuple(args.grid), check_values=False, share=getattr(args, "share", None))
     return CutMix.bcp(2 / 3)
@@ -183,7 +183,10 @@ def bcp_loss(model, teacher, labeled, unlabeled, mixer, speed, args):
         f_a, f_b, f_ua, f_ub = feats_t.chunk(4)
         plab_a, plab_b = t_ua.argmax(1), t_ub.argmax(1)
         mixl, plan_l = mixer([img_a, unimg_a], logits=[t_a, t_ua])   # unlabeled regions into labeled volumes
-        mixu, plan_u = mixer([unimg_b, img_b], logits=[t_ub, t_b])   # and labeled regions into unlabeled ones
+        if isinstance(mixer, CutMix):  # BCP pastes one cube both ways: the same plan, the views swapped
+            mixu, plan_u = plan_l.apply([unimg_b, img_b]), plan_l
+        else:                          # each direction placed by its own entropies
+            mixu, plan_u = mixer([unimg_b, img_b], logits=[t_ub, t_b])  # labeled regions into unlabeled ones
         region_l, region_u = ((p.source_map() == 0).long() for p in (plan_l, plan_u))  # BCP's loss_mask
     out, feats = model(torch.cat([mixl, mixu]))
     out_l, out_u = out.chunk(2)

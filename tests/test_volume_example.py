@@ -186,6 +186,22 @@ def reference_region_loss(logits, target, region):
     return (ce + 1 - torch.stack(dices).mean()) / 2
 
 
+def test_cutmix_pastes_one_cube_both_ways_as_bcp_does():
+    """BCP draws one ``context_mask`` per step and uses it in both directions (outside the cube from
+    the first volume, inside from the second): with ``--mix cutmix`` both plans are that one cube."""
+    torch.manual_seed(0)
+    model, teacher = volume_loop.UNet3D(3, width=4).eval(), volume_loop.UNet3D(3, width=4).eval()
+    g = torch.Generator().manual_seed(2)
+    img_l, img_u = torch.rand(4, 1, 9, 8, 6, generator=g), torch.rand(4, 1, 9, 8, 6, generator=g)
+    lab_l = torch.randint(0, 3, (4, 9, 8, 6), generator=g)
+    args = train_volumes.parse_args(TINY + ["--mix", "cutmix", "--out-dir", "unused"])
+    mixer = volume_loop.make_mixer(args)
+    _, _, (plan_l, plan_u), _ = volume_loop.bcp_loss(model, teacher, (img_l, lab_l), img_u, mixer, None, args)
+    assert plan_u is plan_l
+    cube = plan_l.source_map() == 1
+    assert cube.any() and not cube.all() and torch.equal(cube, cube[:1].expand_as(cube))  # one cube, the batch's
+
+
 def test_bcp_loss_equals_the_bidirectional_copy_paste_computed_independently():
     """Every piece of a BCP step against a computation that shares none of its code: the teacher on
     each half alone, the plans from the right (view, logits) pairs, the regions each label came
