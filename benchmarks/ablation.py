@@ -97,7 +97,7 @@ def main(argv=None) -> dict:
                     help="streets: its own JSON (ablation-streets*.json), seeds and candidates; phase 2 is not rerun")
     args, extra = ap.parse_known_args(argv)  # anything else goes to train.py (e.g. --epochs 20)
     if args.share_report:
-        print(share_report_from(RESULTS))
+        print(share_report_from(RESULTS, provenance()["code"]))
         return {}
     if args.select_share:  # a phase of the streets benchmark with its own JSON
         if args.results == RESULTS / "ablation.json":

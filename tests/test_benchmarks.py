@@ -230,7 +230,7 @@ def test_readme_benchmark_sections_are_generated_from_the_saved_json():
     import traffic
     assert traffic.report(json.loads((results / "traffic.json").read_text())) in readme  # ops and bytes
     from study.report import share_report_from, share_rows
-    assert share_report_from(results) in readme  # the share study
+    assert share_report_from(results, ablation.provenance()["code"]) in readme  # the share study
     assert speed.cuda_report_from(results) in readme  # the GPU check's figures
     study = ablation.report(ablation._load(results / "ablation.json") or None,
                             json.loads((results / "ablation-calibration.json").read_text()))
@@ -476,4 +476,4 @@ def test_share_report_cli_prints_the_readme_section(capsys):
     """`--share-report` prints the share study's README section, trains nothing."""
     from study.report import share_report_from
     assert ablation.main(["--share-report"]) == {}
-    assert capsys.readouterr().out.strip() == share_report_from(BENCH / "results").strip()
+    assert capsys.readouterr().out.strip() == share_report_from(BENCH / "results", ablation.provenance()["code"]).strip()

@@ -149,7 +149,8 @@ def test_every_study_was_trained_by_code_that_gives_the_recorded_outputs():
     known = {saved["code"], *saved.get("verified", {})}
     assert all(isinstance(why, str) and why for why in saved.get("verified", {}).values())
     results = HERE.parent / "benchmarks" / "results"
-    for name in ("ablation.json", "ablation-streets.json"):  # the studies
+    for name in ("ablation.json", "ablation-streets.json", "share-selection.json",  # the studies
+                 "share-confirmation-streets.json", "share-confirmation-shapes.json"):
         path = results / name
         if path.exists():
             assert json.loads(path.read_text())["provenance"]["code"] in known, name

@@ -523,12 +523,13 @@ def _recommend(share: float, conf: dict, earlier: Optional[dict]) -> str:
 
 
 def share_report(selection: Optional[dict], streets: Optional[dict] = None, shapes: Optional[dict] = None,
-                 earlier: Optional[dict] = None) -> str:
+                 earlier: Optional[dict] = None, current: Optional[str] = None) -> str:
     """The README's section on the share study (issue 39), every number read from its JSON: the
     selection (``share-selection.json``), the confirmation on each dataset
     (``share-confirmation-{streets,shapes}.json``) and, for the recommendation, the first studies
-    (``earlier``: ``{"shapes": ablation.json, "streets": ablation-streets.json}``). While runs are missing
-    it states the design and how far the runs are, and no verdict."""
+    (``earlier``: ``{"shapes": ablation.json, "streets": ablation-streets.json}``); ``current``: this
+    checkout's training code (a study of other code says whether its 2-D computation changed since).
+    While runs are missing it states the design and how far the runs are, and no verdict."""
     from .design import (DEFAULT_RULE, SHARE_RULE, SHARE_SELECTION_SEEDS, SHARE_SETTINGS, SHARE_SHAPES_SEEDS,
                          SHARE_STREETS_SEEDS, SHARES, share_confirmation_settings)
     earlier = earlier or {}
@@ -564,7 +565,8 @@ def share_report(selection: Optional[dict], streets: Optional[dict] = None, shap
     if selection and selection.get("table"):
         prov = selection.get("provenance") or {}
         lines += ["", f"Selection (calibration seeds; training code `{prov.get('code')}`, torch {prov.get('torch')}, "
-                  f"one thread per run; the intervals are over at most {len(seeds)} seeds and decide nothing):", ""]
+                  f"one thread per run; the intervals are over at most {len(seeds)} seeds and decide nothing)."
+                  f"{pinned_note(prov, current)}", ""]
         lines += _selection_table(selection)
         mixing = _mixing_line(selection["table"])
         lines += ["", mixing] if mixing else []
@@ -576,8 +578,8 @@ def share_report(selection: Optional[dict], streets: Optional[dict] = None, shap
         on = ", ".join(f"{m} for {k} run{'s' * (k != 1)}" for m, k in trained.items())
         lines += ["", f"Confirmation on `{name}` (held-out seeds {conf_seeds[0]}-{conf_seeds[-1]}; training code "
                   f"`{prov.get('code')}`, torch {prov.get('torch')}, one thread per run, on {on}; "
-                  f"{'all runs finished' if done[name] else str(conf['finished_runs']) + ' runs finished, no verdict yet'}):",
-                  "", markdown(conf)]
+                  f"{'all runs finished' if done[name] else str(conf['finished_runs']) + ' runs finished, no verdict yet'})."
+                  f"{pinned_note(prov, current)}", "", markdown(conf)]
         mixing = _mixing_line(conf["table"])
         lines += ["", mixing] if mixing else []
         em, grid = f"unimatch+entropymix-share{chosen:g}", f"unimatch+grid-random-share{chosen:g}"
@@ -615,7 +617,7 @@ def share_report(selection: Optional[dict], streets: Optional[dict] = None, shap
     return "\n".join(lines)
 
 
-def share_report_from(results: Path) -> str:
+def share_report_from(results: Path, current: Optional[str] = None) -> str:
     """``share_report`` of the JSON in ``results`` (what the README holds, verbatim)."""
     r = share_results(results)
-    return share_report(r["selection"], r["streets"], r["shapes"], r["earlier"])
+    return share_report(r["selection"], r["streets"], r["shapes"], r["earlier"], current)
