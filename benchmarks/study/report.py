@@ -561,7 +561,7 @@ def share_report(selection: Optional[dict], streets: Optional[dict] = None, shap
              f"{SHARE_RULE}. The confirmation follows on seeds never used (`streets` "
              f"{SHARE_STREETS_SEEDS[0]}-{SHARE_STREETS_SEEDS[-1]}, `shapes` {SHARE_SHAPES_SEEDS[0]}-"
              f"{SHARE_SHAPES_SEEDS[-1]}), and then the defaults, by a rule also fixed now: {DEFAULT_RULE}. "
-             f"Status: {status}"]
+             f"Status: {status} (`python benchmarks/ablation.py --share-report` prints this section from the JSON.)"]
     if selection and selection.get("table"):
         prov = selection.get("provenance") or {}
         lines += ["", f"Selection (calibration seeds; training code `{prov.get('code')}`, torch {prov.get('torch')}, "
