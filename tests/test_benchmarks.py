@@ -399,6 +399,12 @@ def test_share_report_draws_no_verdict_until_every_run_and_then_follows_the_defa
     assert "Does EntropyMix at that share beat CutMix on `shapes`? **yes**" in text
     assert "On object-centric data like `shapes`: EntropyMix with `share=0.25` (+2.00 (+1.00, +3.00)" in text
     assert "On driving scenes like `streets`: CutMix, which EntropyMix does not beat" in text
+    ranked = dict(selection, table={f"unimatch+entropymix-share{s:g}": {"seeds": [200], "score": [m], "mean": m}
+                                    for s, m in zip(design.SHARES, (65.8, 65.9, 65.4))})
+    assert ("the rule chose share 0.25 (EntropyMix's mean scores: share 0.1 65.80, share 0.25 65.90, share 0.5 65.40; "
+            "the best, share 0.25)") in report.share_report(ranked)  # it says why it chose
+    assert "share 0.1 is within 0.25 mIoU of the best, share 0.25, and smaller" in \
+        report.share_report(dict(ranked, chosen_share=0.1))
     text = report.share_report(selection, dict(streets, entropymix_beats_cutmix=True), shapes, earlier)
     assert "**Default.** EntropyMix at share 0.25 beats CutMix on both datasets" in text
     assert "Which to use" not in text

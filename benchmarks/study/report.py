@@ -547,7 +547,16 @@ def share_report(selection: Optional[dict], streets: Optional[dict] = None, shap
         for k, (c, s) in confs.items():
             n = len(share_confirmation_settings(chosen, k)) * len(s)
             counts.append(f"`{k}` {(c or {}).get('finished_runs', 0) if (c or {}).get('share') == chosen else 0} of {n}")
-        status = (f"all {total} selection runs have finished; the rule chose share {chosen:g}. Confirmation runs "
+        means = {s: selection["table"][f"unimatch+entropymix-share{s:g}"]["mean"] for s in SHARES
+                 if f"unimatch+entropymix-share{s:g}" in selection.get("table", {})}
+        why = ""
+        if len(means) == len(SHARES):
+            best = max(means, key=means.get)
+            why = (f" (EntropyMix's mean scores: {', '.join(f'share {s:g} {m:.2f}' for s, m in means.items())}; "
+                   + (f"the best, share {best:g}" if best == chosen else
+                      f"share {chosen:g} is within {design.SHARE_TIE:g} mIoU of the best, share {best:g}, and smaller")
+                   + ")")
+        status = (f"all {total} selection runs have finished; the rule chose share {chosen:g}{why}. Confirmation runs "
                   f"finished: {', '.join(counts)}"
                   + ("." if all(done.values()) else
                      " (`python benchmarks/ablation.py --confirm-share --dataset streets --jobs 2`, then `--dataset "
