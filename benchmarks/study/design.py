@@ -120,9 +120,14 @@ DEFAULT_RULE = ("the chosen share becomes the example's default only if UniMatch
                 "above 0); otherwise the README names the setting to use for each kind of data")
 
 
+def share_names(share: float) -> tuple:
+    """The setting names of UniMatch + EntropyMix and of random grid placement at ``share``."""
+    return f"unimatch+entropymix-share{share:g}", f"unimatch+grid-random-share{share:g}"
+
+
 def share_confirmation_settings(share: float, dataset: str) -> dict:
     """The confirmation's settings at the selected share (rule 2 above), for ``dataset``."""
-    em, grid = f"unimatch+entropymix-share{share:g}", f"unimatch+grid-random-share{share:g}"
+    em, grid = share_names(share)
     settings = {BASELINE: SETTINGS[BASELINE], em: SETTINGS["unimatch+entropymix"] + ["--share", str(share)]}
     if dataset == "streets":
         settings[grid] = SETTINGS["unimatch+grid-random"] + ["--share", str(share)]
@@ -133,7 +138,7 @@ def share_confirmation_settings(share: float, dataset: str) -> dict:
 
 def share_confirmation_comparisons(share: float) -> list:
     """(setting, reference) pairs the confirmation answers besides "vs UniMatch + CutMix"."""
-    em, grid = f"unimatch+entropymix-share{share:g}", f"unimatch+grid-random-share{share:g}"
+    em, grid = share_names(share)
     return [(em, grid),                                     # entropy placement vs random, at equal share
             (em + "+speed", em),                            # SPEEDLoss with EntropyMix at that share
             ("unimatch+cutmix+speed", BASELINE)]            # SPEEDLoss with CutMix

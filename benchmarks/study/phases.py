@@ -194,14 +194,14 @@ def select_share(args, prov: dict, threads: int) -> dict:
     names = design.SHARE_SETTINGS
     size = design.STREETS_STUDY + list(getattr(args, "extra", []))  # later flags win (a smoke run's sizes)
     jobs = [(n, flags, s, size, threads) for s in args.seeds for n, flags in names.items()]
-    comparisons = [(f"unimatch+entropymix-share{s:g}", f"unimatch+grid-random-share{s:g}") for s in design.SHARES]
+    comparisons = [design.share_names(s) for s in design.SHARES]
 
     def save(done) -> dict:
         summary = summarise(done, names, args.seeds, args.score_epochs, comparisons)
         table = summary["table"]
         complete = all(len(table.get(n, {}).get("seeds", [])) == len(args.seeds) for n in names)
-        means = {s: table[f"unimatch+entropymix-share{s:g}"]["mean"] for s in design.SHARES
-                 if f"unimatch+entropymix-share{s:g}" in table}
+        means = {s: table[design.share_names(s)[0]]["mean"] for s in design.SHARES
+                 if design.share_names(s)[0] in table}
         chosen = None
         if complete:
             best = max(means.values())
@@ -233,7 +233,7 @@ def confirm_share(args, prov: dict, threads: int, selection: dict) -> dict:
     names = design.share_confirmation_settings(share, args.dataset)
     size = (design.STREETS_STUDY if args.dataset == "streets" else design.STUDY) + list(getattr(args, "extra", []))
     jobs = [(n, flags, s, size, threads) for s in args.seeds for n, flags in names.items()]  # seed-major
-    em = f"unimatch+entropymix-share{share:g}"
+    em = design.share_names(share)[0]
 
     def save(done) -> dict:
         summary = summarise(done, names, args.seeds, args.score_epochs,

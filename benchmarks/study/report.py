@@ -313,7 +313,7 @@ def _cell(d: Optional[dict]) -> str:
 def share_questions(share: float) -> list:
     """The share study's rows of the side-by-side table (setting, reference, question, run on
     `shapes` too): its confirmation compares the first on both datasets, the others on `streets` only."""
-    em, grid = f"unimatch+entropymix-share{share:g}", f"unimatch+grid-random-share{share:g}"
+    em, grid = design.share_names(share)
     return [(em, BASELINE, f"EntropyMix at share {share:g} vs CutMix (in UniMatch)", True),
             (em, grid, f"entropy selection vs random grid patches, both at share {share:g}", False),
             (em + "+speed", em, f"SPEEDLoss with EntropyMix at share {share:g}", False)]
@@ -509,7 +509,7 @@ def _recommend(share: float, conf: dict, earlier: Optional[dict]) -> str:
     """Which mixer to use on one kind of data, read from its confirmation and (falling back) its first
     study: EntropyMix at the share if it beat CutMix there, else EntropyMix's own selection if that
     beat CutMix in the first study, else CutMix."""
-    em = f"unimatch+entropymix-share{share:g}"
+    em = design.share_names(share)[0]
     d = _pairs(conf).get((em, BASELINE))
     first = _pairs(earlier).get(("unimatch+entropymix", BASELINE))
     if d is not None and _short(d) == "better":
@@ -547,8 +547,8 @@ def share_report(selection: Optional[dict], streets: Optional[dict] = None, shap
         for k, (c, s) in confs.items():
             n = len(share_confirmation_settings(chosen, k)) * len(s)
             counts.append(f"`{k}` {(c or {}).get('finished_runs', 0) if (c or {}).get('share') == chosen else 0} of {n}")
-        means = {s: selection["table"][f"unimatch+entropymix-share{s:g}"]["mean"] for s in SHARES
-                 if f"unimatch+entropymix-share{s:g}" in selection.get("table", {})}
+        means = {s: selection["table"][design.share_names(s)[0]]["mean"] for s in SHARES
+                 if design.share_names(s)[0] in selection.get("table", {})}
         why = ""
         if len(means) == len(SHARES):
             best = max(means, key=means.get)
@@ -591,14 +591,14 @@ def share_report(selection: Optional[dict], streets: Optional[dict] = None, shap
                   f"{pinned_note(prov, current)}", "", markdown(conf)]
         mixing = _mixing_line(conf["table"])
         lines += ["", mixing] if mixing else []
-        em, grid = f"unimatch+entropymix-share{chosen:g}", f"unimatch+grid-random-share{chosen:g}"
+        em, grid = design.share_names(chosen)
         rare = rare_classes(conf, pairs=[(em, BASELINE), (em, grid)]) if name == "streets" else []
         if rare:
             lines += ["", f"IoU of `streets`' rare classes (mean over seeds of each run's last {SCORE_EPOCHS} epochs; "
                       "paired differences with uncorrected 95% intervals, exploratory):", ""] + rare
     if chosen is None:
         return "\n".join(lines)
-    em, grid = f"unimatch+entropymix-share{chosen:g}", f"unimatch+grid-random-share{chosen:g}"
+    em, grid = design.share_names(chosen)
     answers = []
     if done["streets"]:
         p = _pairs(streets)
