@@ -389,6 +389,8 @@ def test_share_report_draws_no_verdict_until_every_run_and_then_follows_the_defa
     text = report.share_report(selection, partial, None)
     assert "share 0.25" in text and "`streets` 15 of 40, `shapes` 0 of 16" in text and "no verdict yet" in text
     assert "Answers" not in text and "Which to use" not in text and "(in progress)" in text
+    # interim intervals are shown, verdicts are not
+    assert "+0.30 (-0.40, +1.00) | pending |" in text and "not distinguishable" not in text and "better" not in text
     earlier = {"streets": {"differences": [_diff("unimatch+entropymix", base, -0.4, -1.2, 0.4, 0.6)]},
                "shapes": {"differences": [_diff("unimatch+entropymix", base, 4.8, 3.1, 6.6, 0.001)]}}
     text = report.share_report(selection, streets, shapes, earlier)

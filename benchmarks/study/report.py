@@ -15,7 +15,12 @@ from .runs import ROOT, machine
 from .stats import convergence, mean_curve, paired
 
 
-def markdown(summary: dict) -> str:
+def markdown(summary: dict, verdicts: bool = True) -> str:
+    """The study's table; ``verdicts=False`` while seeds are missing: the intervals are interim and the
+    verdict column reads ``pending``."""
+    def verdict(d: Optional[dict]) -> str:
+        return (d or {}).get("verdict", "-") if verdicts else ("pending" if d else "-")
+
     lines = ["| setting | seeds | score mean | std | vs UniMatch + CutMix (95% CI) | verdict | min / run |",
              "|---|---:|---:|---:|---|---|---:|"]
     by_pair = {(d["setting"], d["reference"]): d for d in summary["differences"]}
@@ -24,13 +29,13 @@ def markdown(summary: dict) -> str:
         ci = "-" if not d or d["low"] is None else f"{d['mean']:+.2f} ({d['low']:+.2f}, {d['high']:+.2f})"
         std = f"{row['std']:.2f}" if len(row["seeds"]) > 1 else "-"
         lines.append(f"| {name} | {len(row['seeds'])} | {row['mean']:.2f} | {std} | {ci} | "
-                     f"{(d or {}).get('verdict', '-')} | {row['minutes']:.1f} |")
+                     f"{verdict(d)} | {row['minutes']:.1f} |")
     others = [d for d in summary["differences"] if d["reference"] != BASELINE and d["low"] is not None]
     if others:
         lines += ["", "| comparison | seeds | mean difference (95% CI) | verdict |", "|---|---:|---|---|"]
     for d in others:
         lines.append(f"| {d['setting']} - {d['reference']} | {d['n']} | {d['mean']:+.2f} ({d['low']:+.2f}, "
-                     f"{d['high']:+.2f}) | {d['verdict']} |")
+                     f"{d['high']:+.2f}) | {verdict(d)} |")
     return "\n".join(lines)
 
 
@@ -587,8 +592,8 @@ def share_report(selection: Optional[dict], streets: Optional[dict] = None, shap
         on = ", ".join(f"{m} for {k} run{'s' * (k != 1)}" for m, k in trained.items())
         lines += ["", f"Confirmation on `{name}` (held-out seeds {conf_seeds[0]}-{conf_seeds[-1]}; training code "
                   f"`{prov.get('code')}`, torch {prov.get('torch')}, one thread per run, on {on}; "
-                  f"{'all runs finished' if done[name] else str(conf['finished_runs']) + ' runs finished, no verdict yet'})."
-                  f"{pinned_note(prov, current)}", "", markdown(conf)]
+                  f"{'all runs finished' if done[name] else str(conf['finished_runs']) + ' runs finished, no verdict yet: the intervals are interim'})."
+                  f"{pinned_note(prov, current)}", "", markdown(conf, verdicts=done[name])]
         mixing = _mixing_line(conf["table"])
         lines += ["", mixing] if mixing else []
         em, grid = design.share_names(chosen)
