@@ -125,6 +125,12 @@ def share_names(share: float) -> tuple:
     return f"unimatch+entropymix-share{share:g}", f"unimatch+grid-random-share{share:g}"
 
 
+def share_means(table: dict) -> dict:
+    """``{share: mean score}`` of the UniMatch + EntropyMix share settings present in a selection
+    ``table``: what ``SHARE_RULE`` compares."""
+    return {s: table[share_names(s)[0]]["mean"] for s in SHARES if share_names(s)[0] in table}
+
+
 def share_confirmation_settings(share: float, dataset: str) -> dict:
     """The confirmation's settings at the selected share (rule 2 above), for ``dataset``."""
     em, grid = share_names(share)

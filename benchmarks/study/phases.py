@@ -200,8 +200,7 @@ def select_share(args, prov: dict, threads: int) -> dict:
         summary = summarise(done, names, args.seeds, args.score_epochs, comparisons)
         table = summary["table"]
         complete = all(len(table.get(n, {}).get("seeds", [])) == len(args.seeds) for n in names)
-        means = {s: table[design.share_names(s)[0]]["mean"] for s in design.SHARES
-                 if design.share_names(s)[0] in table}
+        means = design.share_means(table)
         chosen = None
         if complete:
             best = max(means.values())

@@ -552,8 +552,7 @@ def share_report(selection: Optional[dict], streets: Optional[dict] = None, shap
         for k, (c, s) in confs.items():
             n = len(share_confirmation_settings(chosen, k)) * len(s)
             counts.append(f"`{k}` {(c or {}).get('finished_runs', 0) if (c or {}).get('share') == chosen else 0} of {n}")
-        means = {s: selection["table"][design.share_names(s)[0]]["mean"] for s in SHARES
-                 if design.share_names(s)[0] in selection.get("table", {})}
+        means = design.share_means(selection.get("table", {}))
         why = ""
         if len(means) == len(SHARES):
             best = max(means, key=means.get)
