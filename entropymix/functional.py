@@ -278,7 +278,8 @@ def _entropies(kind: str, names: Sequence[str], maps: Sequence[Tensor], masks: S
             ents.append(ent)
             if check_values:
                 bads.append(bad if mask is None else bad & mask)
-            if check_values and look is not None:  # judged where the map's pixels are valid
+            # judged where the map's pixels are valid; an empty map has none, so it looks like nothing
+            if check_values and look is not None and look.numel():
                 first = None if mask is None else mask[:look.shape[0]]
                 looks.append(look.all() if first is None else (look | ~first).all() & first.any())
     if check_values:

@@ -3,6 +3,7 @@ devices), or a finite result. The ``meta`` device stands in for a second device.
 
 import io
 import math
+import warnings
 
 import pytest
 import torch
@@ -138,9 +139,14 @@ def test_every_generator_argument_rejects_a_bad_one_whatever_else_is_passed(entr
         calls[entry]()
 
 
-def test_empty_batches_give_empty_results():
+def test_empty_batches_give_empty_results(monkeypatch):
+    monkeypatch.setattr(F, "_WARNED_PROBS_AS_LOGITS", [False])  # the once-per-process warning is armed
     empty = torch.rand(0, 3, 4, 4).softmax(1)
-    assert F.entropy(empty).shape == (0, 4, 4) and F.entropy_from_logits(empty).shape == (0, 4, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no pixel, so nothing looks like probabilities passed as logits
+        assert F.entropy(empty).shape == (0, 4, 4) and F.entropy_from_logits(empty).shape == (0, 4, 4)
+        mixed, plan = EntropyMix(2)([torch.rand(0, 3, 4, 4)] * 2, logits=[empty, empty])
+        assert mixed.shape == (0, 3, 4, 4) and plan.index.shape == (0, 2, 2)
     mixed, plan = EntropyMix(2)([torch.rand(0, 3, 4, 4)] * 2, probs=[empty, empty])
     assert mixed.shape == (0, 3, 4, 4) and plan.index.shape == (0, 2, 2)
     with pytest.raises(ValueError, match=r"probs must have at least one class, got shape \(2, 0, 4, 4\)"):
