@@ -45,6 +45,6 @@ def test_readme_snippet_loss_decreases_under_autocast():
         opt.zero_grad()
         env["loss_u"].backward()
         opt.step()
-        losses.append(float(env["loss_u"]))
+        losses.append(float(env["loss_u"].detach()))
     assert all(map(lambda v: v == v and abs(v) < 1e6, losses)), losses
     assert losses[-1] < losses[0], losses
