@@ -483,19 +483,20 @@ def test_no_mixing_input_is_modified():
     views, probs, g = make_batch(0, 3, 2, 3, 17, 19, 4)
     valid = [torch.randint(0, 3, (2, 17, 19), generator=g).index_fill_(1, torch.tensor([0]), 255) for _ in range(3)]
     ent = F.entropy(probs[0])
-    inputs = [*views, *probs, *valid, ent]
+    logits = [p.log() for p in probs]  # real logits: probabilities passed as logits would warn
+    inputs = [*views, *probs, *logits, *valid, ent]
     before = [t.clone() for t in inputs]
     for select in MODES:
         _, plan = EntropyMix(4, select=select, p=0.5)(views, probs=probs, valid=valid, generator=g)
         plan.apply(valid)
-        EntropyMix(4, select=select)(views, logits=probs, valid=valid, generator=g)
+        EntropyMix(4, select=select)(views, logits=logits, valid=valid, generator=g)
     CutMix()(views[:2], generator=g)
     ClassMix()(views[:2], probs=probs[:2], valid=valid[:2], generator=g)
     F.patch_entropy(ent, (3, 5), valid[0] != 255)
     F.patch_entropy(ent, (3, 5))
     F.select_views(torch.stack([F.patch_entropy(ent, 2)] * 2), "sample", generator=g)
     F.apply_plan(plan.index, views)
-    F.entropy(probs[1]), F.entropy_from_logits(probs[2])
+    F.entropy(probs[1]), F.entropy_from_logits(logits[2])
     assert all(torch.equal(a, b) for a, b in zip(inputs, before))
 
 
