@@ -276,10 +276,14 @@ def test_loss_under_autocast_matches_the_float64_reference(B, Ds, Dt, h, w, K, i
     torch.testing.assert_close(rel.double(), rel64.detach(), rtol=1e-3, atol=2e-6)
     torch.testing.assert_close(kd.double(), kd64.detach(), rtol=1e-3, atol=1e-7)
     tol = 1e-3 if input_dtype == torch.float32 else 1e-2
-    for got, ref, x in ((fs.grad, fs64.grad, fs64), (zs.grad, zs64.grad, zs64)):
+    # The normalisation's Jacobian is (I - n n^T) / |f|: float32 rounding of the normalised feature
+    # reaches the gradient amplified by 1 / |f| (2e-4 at |f| = 7e-5 with one channel, where the
+    # exact gradient is 0), so each pixel's feature gradient is also allowed 1e-6 / |f|.
+    conditioning = 1e-6 / fs64.detach().norm(dim=1, keepdim=True).clamp_min(1e-30)
+    for got, ref, x, floor in ((fs.grad, fs64.grad, fs64, conditioning), (zs.grad, zs64.grad, zs64, 0.0)):
         ref = torch.zeros_like(x) if ref is None else ref  # no valid pixel: the reference is a constant 0
-        err = (got.double() - ref).abs().max()
-        assert err <= tol * ref.abs().max() + 1e-5, (err, ref.abs().max())
+        err = (got.double() - ref).abs()
+        assert (err <= tol * ref.abs().max() + 1e-5 + floor).all(), (err.max(), ref.abs().max())
 
 
 def test_speedloss_backward_inside_autocast_does_not_crash_and_is_float32_math():
