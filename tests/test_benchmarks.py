@@ -399,7 +399,12 @@ def test_share_report_draws_no_verdict_until_every_run_and_then_follows_the_defa
             "(95% CI +0.30 to +1.50") in text
     assert "Does EntropyMix at that share beat CutMix on `streets`? not distinguishable on this benchmark" in text
     assert "Does EntropyMix at that share beat CutMix on `shapes`? **yes**" in text
-    assert "On object-centric data like `shapes`: EntropyMix with `share=0.25` (+2.00 (+1.00, +3.00)" in text
+    assert ("On object-centric data like `shapes`: EntropyMix, which beats CutMix both with `share=0.25` "
+            "(+2.00 (+1.00, +3.00), 8 seeds: better) and, in the first study on other seeds, with its own per-cell "
+            "selection (`share=None`, the default; +4.80 (+3.10, +6.60)") in text and "does not rank them" in text
+    alone = dict(earlier, shapes={"differences": [_diff("unimatch+entropymix", base, 0.4, -1.0, 1.8, 0.5)]})
+    assert ("On object-centric data like `shapes`: EntropyMix with `share=0.25` (+2.00 (+1.00, +3.00)"
+            in report.share_report(selection, streets, shapes, alone))
     assert "On driving scenes like `streets`: CutMix, which EntropyMix does not beat" in text
     ranked = dict(selection, table={f"unimatch+entropymix-share{s:g}": {"seeds": [200], "score": [m], "mean": m}
                                     for s, m in zip(design.SHARES, (65.8, 65.9, 65.4))})

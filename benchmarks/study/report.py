@@ -512,12 +512,18 @@ def _selection_table(sel: dict) -> list:
 
 def _recommend(share: float, conf: dict, earlier: Optional[dict]) -> str:
     """Which mixer to use on one kind of data, read from its confirmation and (falling back) its first
-    study: EntropyMix at the share if it beat CutMix there, else EntropyMix's own selection if that
-    beat CutMix in the first study, else CutMix."""
+    study: EntropyMix at the share if it beat CutMix there (naming its default too when that beat CutMix
+    in the first study), else EntropyMix's own selection if that beat CutMix in the first study, else
+    CutMix."""
     em = design.share_names(share)[0]
     d = _pairs(conf).get((em, BASELINE))
     first = _pairs(earlier).get(("unimatch+entropymix", BASELINE))
     if d is not None and _short(d) == "better":
+        if first is not None and _short(first) == "better":  # both shares beat CutMix, on different seeds
+            return (f"EntropyMix, which beats CutMix both with `share={share:g}` ({_cell(d)}) and, in the first "
+                    f"study on other seeds, with its own per-cell selection (`share=None`, the default; "
+                    f"{_cell(first)}); the two shares were never trained on the same seeds, so this study does "
+                    f"not rank them")
         return f"EntropyMix with `share={share:g}` ({_cell(d)} against CutMix)"
     at_share = f"at share {share:g} it is {_short(d)} against CutMix ({_cell(d)})" if d else ""
     if first is not None and _short(first) == "better":
