@@ -518,15 +518,16 @@ def _recommend(share: float, conf: dict, earlier: Optional[dict]) -> str:
     em = design.share_names(share)[0]
     d = _pairs(conf).get((em, BASELINE))
     first = _pairs(earlier).get(("unimatch+entropymix", BASELINE))
+    first_better = first is not None and _short(first) == "better"
     if d is not None and _short(d) == "better":
-        if first is not None and _short(first) == "better":  # both shares beat CutMix, on different seeds
+        if first_better:  # both shares beat CutMix, on different seeds
             return (f"EntropyMix, which beats CutMix both with `share={share:g}` ({_cell(d)}) and, in the first "
                     f"study on other seeds, with its own per-cell selection (`share=None`, the default; "
                     f"{_cell(first)}); the two shares were never trained on the same seeds, so this study does "
                     f"not rank them")
         return f"EntropyMix with `share={share:g}` ({_cell(d)} against CutMix)"
     at_share = f"at share {share:g} it is {_short(d)} against CutMix ({_cell(d)})" if d else ""
-    if first is not None and _short(first) == "better":
+    if first_better:
         return (f"EntropyMix with its own per-cell selection (`share=None`, the default), better than CutMix in the "
                 f"first study ({_cell(first)}); {at_share}")
     first_text = f"; at its default it was {_short(first)} in the first study ({_cell(first)})" if first else ""
